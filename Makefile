@@ -1,0 +1,29 @@
+# Every target sets itself up: a venv in .venv with the constrained install (idempotent: redone
+# only when pyproject.toml or constraints.txt change).
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+OUT ?= exports
+
+.PHONY: setup export test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## LIPT-small x4, FP32 + FP16 ONNX, simplified, validated on ONNX Runtime (CPU).
+export: $(STAMP)
+	$(BIN)/lipt-export --model lipt --variant small --scale 4 --fp16 --out $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_lipt.py
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,87 @@
+"""Model registry: what can be exported, how to build it, and the facts the manifest needs.
+
+Every model family registers a :class:`ModelSpec`. Models are built in their *native* form (their own
+value range, the official state-dict naming) so official checkpoints load unchanged; the artifact I/O
+contract (float32 NCHW RGB in [0, 1] in and out) is applied by :class:`lipt_export.models.io.UnitRangeIO`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import torch.nn as nn
+
+
+class ModelError(ValueError):
+    """A user-facing problem with the model choice (unknown model, variant or scale)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    # build(variant, scale) -> nn.Module in training form (eval() applied by the caller).
+    build: Callable[[str, int], nn.Module]
+    variants: Tuple[str, ...]
+    scales: Tuple[int, ...]
+    default_variant: str
+    # Native pixel range of the network: 255 (EDSR-family, LIPT, SMSR) or 1 (SwinIR-family, ESRT).
+    rgb_range: float
+    description: str
+    # Inputs are padded inside the graph to this multiple; the artifact accepts any H, W >= min_size.
+    size_multiple: Callable[[str], int] = lambda variant: 1
+    min_size: int = 1
+    # LR tile (pixels) recommended for tiled serving; `tile_required` = run tiled by default (ESRT).
+    recommended_tile: int = 256
+    tile_required: bool = False
+    # Deterministic, non-degenerate weights for tests/benchmarks without a checkpoint (see each model).
+    init_for_tests: Optional[Callable[[nn.Module, int], None]] = None
+    # Keys of official checkpoints that are accepted and dropped (e.g. size-dependent buffers).
+    ignored_checkpoint_keys: Callable[[str], bool] = lambda key: False
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+_REGISTRY: Dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    # Model modules register themselves on import; import lazily so `--help` stays fast.
+    from lipt_export.models import _all  # noqa: F401
+
+
+def available_models() -> Dict[str, ModelSpec]:
+    _ensure_loaded()
+    return dict(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    models = available_models()
+    key = name.lower()
+    if key not in models:
+        raise ModelError(
+            f"unknown model '{name}'; choose one of: {', '.join(sorted(models))}")
+    return models[key]
+
+
+def resolve_variant(spec: ModelSpec, variant: Optional[str], scale: int) -> str:
+    variant = variant or spec.default_variant
+    if variant not in spec.variants:
+        raise ModelError(f"model '{spec.name}' has no variant '{variant}'; choose one of: "
+                         f"{', '.join(spec.variants)}")
+    if scale not in spec.scales:
+        raise ModelError(f"model '{spec.name}' does not support scale {scale}; supported scales: "
+                         f"{', '.join(map(str, spec.scales))}")
+    return variant
+
+
+def build_model(name: str, variant: Optional[str] = None, scale: int = 4) -> Tuple[ModelSpec, str, nn.Module]:
+    """Build a model in training form, in eval mode. Returns (spec, resolved variant, module)."""
+    spec = get_spec(name)
+    variant = resolve_variant(spec, variant, scale)
+    model = spec.build(variant, scale)
+    model.eval()
+    return spec, variant, model
