@@ -88,7 +88,8 @@ def prepare_model(spec: ModelSpec, variant: str, scale: int, weights: Optional[s
     _, _, train = build_model(spec.name, variant, scale)
     label = f"{spec.name}-{variant} x{scale}"
     if weights:
-        loaded, form = load_weights(train, read_state_dict(weights), model_label=label,
+        sd = spec.remap_checkpoint_keys(read_state_dict(weights))
+        loaded, form = load_weights(train, sd, model_label=label,
                                     ignore=spec.ignored_checkpoint_keys)
         info = {"source": "checkpoint", "path": str(weights), "sha256": mf.sha256_file(weights), "form": form}
         if form == "deploy":
@@ -195,6 +196,9 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = _default_log) -> 
                 results_train = compare(train_ref, candidates[:1], parity_inputs)
             else:
                 results_train = []
+            if spec.parity_extras is not None:
+                for (path, _, _), par in zip(artifacts, results):
+                    par.extra.update(spec.parity_extras(deploy, path, parity_inputs))
         fp32_par = results[0]
         if not fp32_par.finite or fp32_par.rel_l2 > FP32_REL_L2_LIMIT:
             raise ExportError(f"fp32 ONNX does not match the eager model: rel-L2 {fp32_par.rel_l2:.2e} > "

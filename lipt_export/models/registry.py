@@ -37,6 +37,11 @@ class ModelSpec:
     init_for_tests: Optional[Callable[[nn.Module, int], None]] = None
     # Keys of official checkpoints that are accepted and dropped (e.g. size-dependent buffers).
     ignored_checkpoint_keys: Callable[[str], bool] = lambda key: False
+    # Maps other official key layouts onto ours (e.g. LIPT convert.py's `.dbb_reparam.`); identity by default.
+    remap_checkpoint_keys: Callable[[Dict[str, object]], Dict[str, object]] = lambda sd: sd
+    # Optional extra parity figures: parity_extras(deploy_model, onnx_path, inputs) -> dict merged into the
+    # artifact's parity entry (e.g. SMSR's spatial-mask flip count).
+    parity_extras: Optional[Callable[..., Dict[str, object]]] = None
     extra: Dict[str, object] = field(default_factory=dict)
 
 
