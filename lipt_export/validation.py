@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,7 +138,10 @@ def _as_polygraphy(runner: Runner, input_name: str):
             return TensorMetadata().add(input_name, np.float32, (None, 3, None, None))
 
         def infer_impl(self, feed_dict):
-            return OrderedDict(sr=np.ascontiguousarray(runner.infer(feed_dict[input_name])))
+            t0 = time.perf_counter()
+            out = np.ascontiguousarray(runner.infer(feed_dict[input_name]))
+            self.inference_time = time.perf_counter() - t0  # polygraphy sums it per runner
+            return OrderedDict(sr=out)
 
     return _Adapter()
 
@@ -151,7 +155,10 @@ def run_all(runners: Sequence[Runner], inputs: Sequence[np.ndarray], input_name:
     if len(set(names)) != len(names):
         raise ValueError(f"runner names must be unique, got {names}")
     poly = [_as_polygraphy(r, input_name) for r in runners]
-    results = Comparator.run(poly, data_loader=[{input_name: x} for x in inputs])
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):  # polygraphy logs every iteration at INFO
+        results = Comparator.run(poly, data_loader=[{input_name: x} for x in inputs])
     return {name: [np.asarray(it["sr"]) for it in iters] for name, iters in results.items()}
 
 
