@@ -50,13 +50,36 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPS
             buf = io.BytesIO()
             torch.onnx.export(module, (sample,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               opset_version=opset, dynamo=False, do_constant_folding=True,
-                              dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch", 2: "out_height",
-                                                                           3: "out_width"}})
+                              # Only the input's axes are declared: the output's dims are then whatever
+                              # the exporter derives, so a size baked into the graph shows up as static.
+                              dynamic_axes={INPUT_NAME: axes})
             path.write_bytes(buf.getvalue())
     model = onnx.load(str(path))
     check_onnx(model)
+    with torch.no_grad():
+        out_hw = tuple(module(sample).shape[2:])
+    probe_dynamic(path, sample_hw, (out_hw[0] / sample_hw[0], out_hw[1] / sample_hw[1]))
     return OnnxExportInfo(exporter="torch.onnx (dynamo)" if dynamo else "torch.onnx (torchscript)",
                           opset=opset, sample_shape=tuple(sample.shape))
+
+
+def probe_dynamic(path: str | Path, sample_hw: Tuple[int, int], ratio: Tuple[float, float]) -> None:
+    """Run the ONNX model at a size it was not traced with: a graph that froze the sample size (Python ints
+    taken from tensor shapes, size-specific buffers) returns the wrong output size here. Declared symbolic
+    dims alone do not prove this: the exporter labels Resize/Reshape outputs symbolic either way."""
+    import numpy as np
+    import onnxruntime as ort
+
+    h, w = sample_hw[0] + 5, sample_hw[1] + 3
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
+    got = tuple(sess.run(None, {sess.get_inputs()[0].name: x})[0].shape[2:])
+    want = (round(h * ratio[0]), round(w * ratio[1]))
+    if got != want:
+        raise ExportError(f"the ONNX graph is not size-generic: a {h}x{w} input gave {got[0]}x{got[1]} instead "
+                          f"of {want[0]}x{want[1]} (a shape was frozen at export; compute sizes in-graph)")
 
 
 def spatial_dims(model: onnx.ModelProto, value_name: str | None = None) -> Tuple[object, object]:
