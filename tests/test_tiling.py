@@ -1,0 +1,105 @@
+"""Tiled inference: layout and blending invariants, and tiled == whole-image inference on real networks
+(eager PyTorch) wherever the receptive field fits in the overlap margin."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from lipt_export.runners import TorchRunner
+from lipt_export.tiling import ProfileFitRunner, TiledRunner, axis_spans, axis_weights
+from lipt_export.validation import natural_inputs, rel_l2
+from serving_toys import ConvSR, WindowSR
+
+
+@pytest.mark.parametrize("align", [1, 8])
+def test_axis_spans_cover_align_and_overlap(align):
+    for length, tile, overlap in itertools.product((5, 64, 65, 100, 257, 1000), (48, 64, 128), (0, 8, 16)):
+        spans = axis_spans(length, tile, overlap, align)
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        for s, e in spans:
+            assert 0 < e - s <= tile and s % align == 0
+        for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+            assert s0 < s1 and e0 - s1 >= overlap  # every neighbour pair shares at least `overlap` pixels
+
+
+def test_axis_spans_reject_tile_too_small_for_overlap():
+    with pytest.raises(ValueError, match="too small"):
+        axis_spans(500, 40, 32, 8)
+
+
+@pytest.mark.parametrize("blend", [0.0, 0.25, 1.0])
+def test_axis_weights_are_a_partition_of_unity_with_clean_margins(blend):
+    scale, overlap = 3, 16
+    spans = axis_spans(300, 64, overlap, 8)
+    weights = axis_weights(spans, scale, blend)
+    total = np.zeros(300 * scale)
+    for (s, e), w in zip(spans, weights):
+        assert w.shape == (scale * (e - s),)
+        total[scale * s:scale * e] += w
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    margin = int(scale * overlap * (1 - blend) / 2)  # output pixels next to an inner tile edge never count
+    for i, ((s, e), w) in enumerate(zip(spans, weights)):
+        if i > 0 and margin:
+            assert np.all(w[:margin] == 0)
+        if i + 1 < len(spans) and margin:
+            assert np.all(w[-margin:] == 0)
+
+
+@pytest.fixture(scope="module")
+def conv_runner():
+    return TorchRunner(ConvSR(scale=2), name="conv")
+
+
+@pytest.mark.parametrize("hw,tile,overlap", [((70, 93), 32, 8), ((64, 64), 40, 12), ((37, 130), (24, 48), 8)])
+def test_tiled_equals_whole_image_for_limited_receptive_field(conv_runner, hw, tile, overlap):
+    (x,) = natural_inputs([hw], seed=5)
+    whole = conv_runner.infer(x)
+    tiled = TiledRunner(conv_runner, scale=2, tile=tile, overlap=overlap)
+    assert tiled.count_tiles(*hw) > 1
+    out = tiled.infer(x)
+    assert out.shape == whole.shape
+    assert rel_l2(out, whole) < 1e-6
+
+
+def test_too_little_overlap_shows_seams(conv_runner):
+    """The equality above is not automatic: with no overlap the tile borders differ from whole-image."""
+    (x,) = natural_inputs([(70, 93)], seed=5)
+    out = TiledRunner(conv_runner, scale=2, tile=32, overlap=0, blend=0.0).infer(x)
+    assert rel_l2(out, conv_runner.infer(x)) > 1e-3
+
+
+def test_window_model_needs_window_aligned_tiles():
+    runner = TorchRunner(WindowSR(scale=2), name="window")
+    (x,) = natural_inputs([(75, 101)], seed=2)
+    whole = runner.infer(x)
+    aligned = TiledRunner(runner, scale=2, tile=48, overlap=32, multiple_of=8).infer(x)
+    unaligned = TiledRunner(runner, scale=2, tile=48, overlap=32, multiple_of=1).infer(x)
+    assert rel_l2(aligned, whole) < 1e-6
+    assert rel_l2(unaligned, whole) > 1e-3
+
+
+def test_batch_scale_probe_and_preallocated_output(conv_runner):
+    xs = np.concatenate(natural_inputs([(40, 52), (40, 52)], seed=9))
+    tiled = TiledRunner(conv_runner, scale=None, tile=24, overlap=8)  # scale measured from the first tile
+    out = tiled.infer(xs)
+    assert tiled.scale == 2 and out.shape == (2, 3, 80, 104)
+    assert rel_l2(out, conv_runner.infer(xs)) < 1e-6
+    buf = np.full((3, 80, 104), 7.0, np.float32)
+    res = tiled.infer_into(xs[1], out=buf)
+    assert res is buf and rel_l2(buf, out[1]) < 1e-7
+    with pytest.raises(ValueError, match="expected"):
+        tiled.infer_into(xs[1], out=np.zeros((3, 80, 100), np.float32))
+
+
+def test_profile_fit_runner_tiles_pads_and_splits(conv_runner):
+    fit = ProfileFitRunner(conv_runner, scale=2, min_hw=(16, 16), max_hw=(32, 32), max_batch=1, overlap=8)
+    big = np.concatenate(natural_inputs([(45, 70), (45, 70)], seed=4))
+    assert fit.infer(big).shape == (2, 3, 90, 140)
+    assert rel_l2(fit.infer(big), conv_runner.infer(big)) < 1e-6  # batch split + tiled, still exact
+    (small,) = natural_inputs([(9, 12)], seed=4)
+    out = fit.infer(small)
+    assert out.shape == (1, 3, 18, 24)
+    # Padding only changes pixels within the receptive field of the padded border.
+    assert rel_l2(out[:, :, :12, :18], conv_runner.infer(small)[:, :, :12, :18]) < 1e-6
