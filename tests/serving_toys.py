@@ -23,8 +23,8 @@ class ConvSR(nn.Module):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.scale = scale
-        self.c1 = nn.Conv2d(3, 12, 3, padding=1)
-        self.c2 = nn.Conv2d(12, 3 * scale * scale, 3, padding=1)
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 3 * scale * scale, 3, padding=1)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.2)
