@@ -1,0 +1,328 @@
+"""AgileIR (Cai et al., arXiv 2409.06206): SwinIR with Group Shifted Window Attention (GSWA).
+
+Key layout and configurations follow the public code (XcloudFance/AgileIR @92e37e3, `models/model_agileir.py`,
+KAIR style), but the attention is the paper's INTENDED one, not what the public code computes:
+
+* Public code: the block's attention module returns its *input* (the LN-normalised windows), discarding the
+  cascaded-group-attention output, and passes ``mask=None`` (its comment: "it was masks"); every block is
+  therefore x + LN1(x), then the MLP. Its (never executed) mask branch would also add the mask twice.
+* Here: the GSWA output is used, and the shifted-window mask is added once (Swin semantics: -100 between
+  positions of different regions) on every shifted block.
+
+GSWA (EfficientViT's cascaded group attention inside Swin windows, windows kept NCHW): channels split into
+``h`` chunks of E/h; head i sees chunk_i + output of head i-1; Conv1x1+BN: E/h -> 2*kd + dv; depthwise 5x5
+Conv+BN on q; scores q^T k * kd^-0.5 + that head's relative position bias (Swin table/index); softmax;
+out = v A^T; concat -> ReLU -> Conv1x1+BN (E -> E). Every Conv+BN folds into one conv (``reparameterize``).
+
+The shift mask is built in ``forward`` from the padded size with arange/compare (never a buffer computed for
+one size), so a single dynamic-shape ONNX file is right at every H, W. Input is reflect-padded to a multiple
+of the window and the output cropped. Native range [0, 1] with the DIV2K mean subtracted (SwinIR).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lipt_export.models.common import ConvBN, deterministic_init
+from lipt_export.models.registry import ModelSpec, register
+
+MASK_VALUE = -100.0  # SwinIR's value between windows' regions (exp(-100) underflows to 0 in fp32 softmax)
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+@dataclass(frozen=True)
+class AgileIRConfig:
+    window_size: int
+    depths: Tuple[int, ...]
+    embed_dim: int
+    num_heads: Tuple[int, ...]
+    key_dims: Tuple[int, ...]
+    mlp_ratio: float = 2.0
+    dw_kernel: int = 5
+
+
+# Option files of the public repository (netG sections); every one uses pixelshuffledirect and 1conv.
+VARIANTS: Dict[str, AgileIRConfig] = {
+    # options/agileir_v2{,_x3,_x4}.json
+    "v2": AgileIRConfig(16, (6,) * 6, 180, (6,) * 6, (16,) * 6),
+    # options/train_agileir_x2_lightweight_medium.json
+    "medium": AgileIRConfig(8, (6,) * 6, 180, (6,) * 6, (16, 16, 16, 16, 16, 32)),
+    # options/train_agileir_x2_lightweight_normal.json: four groups of 8 blocks, E 60
+    "normal": AgileIRConfig(8, (8,) * 4, 60, (6,) * 4, (16,) * 4),
+    # options/train_agileir_x2_lightweight.json (the file itself sets upscale 4)
+    "light": AgileIRConfig(16, (6, 8, 6), 96, (12,) * 3, (32,) * 3),
+}
+
+
+def relative_position_index(ws: int) -> torch.Tensor:
+    """Swin's (ws*ws, ws*ws) index into the (2ws-1)^2 bias table."""
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+
+
+def windows_nchw(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B*nW, C, ws, ws), windows in raster order per image."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // ws, ws, w // ws, ws, c)
+    return x.permute(0, 1, 3, 5, 2, 4).reshape(-1, c, ws, ws)
+
+
+def merge_windows(win: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """(B*nW, C, ws, ws) -> (B, H, W, C)."""
+    _, c, ws, _ = win.shape
+    x = win.reshape(b, h // ws, w // ws, c, ws, ws)
+    return x.permute(0, 1, 4, 2, 5, 3).reshape(b, h, w, c)
+
+
+def shift_window_mask(h: int, w: int, ws: int, shift: int, like: torch.Tensor) -> torch.Tensor:
+    """The SW-MSA mask for a padded (h, w) map: (nW, ws*ws, ws*ws) with MASK_VALUE between tokens from
+    different regions of the rolled map, 0 elsewhere. Identical to SwinIR's `calculate_mask`, but built from
+    arange/compare so h, w stay graph values (no Python slicing on sizes, no size-specific buffer)."""
+    rows = torch.arange(h, device=like.device)
+    cols = torch.arange(w, device=like.device)
+    row_region = (rows >= h - ws).long() + (rows >= h - shift).long()  # 0, 1, 2 top to bottom
+    col_region = (cols >= w - ws).long() + (cols >= w - shift).long()
+    label = (row_region[:, None] * 3 + col_region[None, :]).to(like.dtype)  # (h, w)
+    win = windows_nchw(label[None, :, :, None], ws).flatten(1)  # (nW, ws*ws)
+    return (win[:, None, :] != win[:, :, None]).to(like.dtype) * MASK_VALUE
+
+
+class CascadedGroupAttention(nn.Module):
+    """EfficientViT cascaded group attention on (B*nW, E, ws, ws) windows (official class name and keys)."""
+
+    def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, window_size: int,
+                 kernel: int = 5, deploy: bool = False):
+        super().__init__()
+        self.window_size = window_size  # a Python constant, so the per-head reshapes need no shape ops
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.scale = key_dim ** -0.5
+        self.d = int(attn_ratio * key_dim)  # the official expression (dv = E/h for every shipped config)
+        if self.d != dim // num_heads or dim % num_heads:
+            raise ValueError(f"cascade needs dv == E/h: E {dim}, heads {num_heads}, dv {self.d}")
+        self.qkvs = nn.ModuleList(ConvBN(dim // num_heads, 2 * key_dim + self.d, deploy=deploy)
+                                  for _ in range(num_heads))
+        self.dws = nn.ModuleList(ConvBN(key_dim, key_dim, kernel, 1, kernel // 2, groups=key_dim, deploy=deploy)
+                                 for _ in range(num_heads))
+        # Official init: the output BN's gamma is 0, so a fresh block starts as identity.
+        self.proj = nn.Sequential(nn.ReLU(), ConvBN(self.d * num_heads, dim, bn_weight_init=0.0, deploy=deploy))
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x: (B*nW, E, ws, ws); bias: (heads, n, n); mask: None or (B*nW, n, n), n = ws*ws."""
+        ws = self.window_size
+        chunks = x.chunk(self.num_heads, dim=1)
+        outs = []
+        feat = chunks[0]
+        for i in range(self.num_heads):
+            if i > 0:
+                feat = feat + chunks[i]  # cascade: previous head's output refines this head's input
+            qkv = self.qkvs[i](feat)
+            q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=1)
+            q = self.dws[i](q)
+            n = ws * ws  # static shapes below keep the exported graph free of per-head shape arithmetic
+            q, k, v = q.reshape(-1, self.key_dim, n), k.reshape(-1, self.key_dim, n), v.reshape(-1, self.d, n)
+            attn = (q.transpose(-2, -1) @ k) * self.scale + bias[i]
+            if mask is not None:
+                attn = attn + mask
+            attn = attn.softmax(dim=-1)
+            feat = (v @ attn.transpose(-2, -1)).reshape(-1, self.d, ws, ws)
+            outs.append(feat)
+        return self.proj(torch.cat(outs, dim=1))
+
+
+class EfficientShiftingWindowAttention(nn.Module):
+    """Relative-position bias + GSWA. The index is a non-persistent buffer (it depends only on the window
+    size; the official persistent copy in checkpoints is ignored on load)."""
+
+    def __init__(self, dim: int, key_dim: int, window_size: int, num_heads: int, kernel: int = 5,
+                 deploy: bool = False):
+        super().__init__()
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
+        self.groupatt = CascadedGroupAttention(dim, key_dim, num_heads, dim / (key_dim * num_heads),
+                                               window_size, kernel, deploy=deploy)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        n = self.window_size * self.window_size
+        bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
+        bias = bias.reshape(n, n, self.num_heads).permute(2, 0, 1)  # (heads, n, n)
+        return self.groupatt(x, bias, mask)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class GSWABlock(nn.Module):
+    """Swin block with GSWA: x + attn(LN1(x)) in (shifted) windows, then x + MLP(LN2(x))."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, key_dim: int,
+                 mlp_ratio: float, kernel: int, deploy: bool = False):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = EfficientShiftingWindowAttention(dim, key_dim, window_size, num_heads, kernel, deploy)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        y = self.norm1(x).reshape(b, h, w, c)
+        if self.shift_size:
+            y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
+        y = self.attn(windows_nchw(y, self.window_size), mask if self.shift_size else None)
+        y = merge_windows(y, b, h, w)
+        if self.shift_size:
+            y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
+        x = x + y.reshape(b, h * w, c)
+        return x + self.mlp(self.norm2(x))
+
+
+class BasicLayer(nn.Module):
+    def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, key_dim: int, mlp_ratio: float,
+                 kernel: int, deploy: bool = False):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            GSWABlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, key_dim, mlp_ratio,
+                      kernel, deploy) for i in range(depth))
+
+    def forward(self, x, h, w, mask):
+        for blk in self.blocks:
+            x = blk(x, h, w, mask)
+        return x
+
+
+class RSTB(nn.Module):
+    """Residual group: blocks, then Conv3x3 on the map, plus the group input."""
+
+    def __init__(self, dim: int, **kw):
+        super().__init__()
+        self.residual_group = BasicLayer(dim, **kw)
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        y = self.residual_group(x, h, w, mask).transpose(1, 2).reshape(b, c, h, w)
+        return self.conv(y).flatten(2).transpose(1, 2) + x
+
+
+class PatchNorm(nn.Module):
+    """`patch_embed` of SwinIR with patch size 1: only its LayerNorm has weights (key ``norm``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.flatten(2).transpose(1, 2))
+
+
+class AgileIR(nn.Module):
+    def __init__(self, cfg: AgileIRConfig, upscale: int = 2, deploy: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.upscale = upscale
+        self.window_size = cfg.window_size
+        e = cfg.embed_dim
+        self.register_buffer("mean", torch.tensor(DIV2K_MEAN).reshape(1, 3, 1, 1), persistent=False)
+        self.conv_first = nn.Conv2d(3, e, 3, 1, 1)
+        self.patch_embed = PatchNorm(e)
+        self.layers = nn.ModuleList(
+            RSTB(e, depth=d, num_heads=nh, window_size=cfg.window_size, key_dim=kd, mlp_ratio=cfg.mlp_ratio,
+                 kernel=cfg.dw_kernel, deploy=deploy)
+            for d, nh, kd in zip(cfg.depths, cfg.num_heads, cfg.key_dims))
+        self.norm = nn.LayerNorm(e)
+        self.conv_after_body = nn.Conv2d(e, e, 3, 1, 1)
+        # pixelshuffledirect (every shipped option): Conv3x3 E -> 3 s^2, PixelShuffle(s)
+        self.upsample = nn.Sequential(nn.Conv2d(e, 3 * upscale * upscale, 3, 1, 1), nn.PixelShuffle(upscale))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        ws = self.window_size
+        # One mask per forward, shared by all shifted blocks (same padded size, same window and shift),
+        # repeated per image so each head adds it without reshapes: (B*nW, n, n).
+        mask = shift_window_mask(h, w, ws, ws // 2, x).repeat(b, 1, 1)
+        t = self.patch_embed(x)
+        for layer in self.layers:
+            t = layer(t, h, w, mask)
+        return self.norm(t).transpose(1, 2).reshape(b, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[2], x.shape[3]
+        ws = self.window_size
+        x = F.pad(x, (0, (ws - w % ws) % ws, 0, (ws - h % ws) % ws), mode="reflect")
+        mean = self.mean.to(x.dtype)
+        x = self.conv_first(x - mean)
+        x = self.conv_after_body(self.forward_features(x)) + x
+        x = self.upsample(x) + mean
+        return x[:, :, :h * self.upscale, :w * self.upscale]
+
+
+# Official checkpoints hold size- or window-derived buffers we rebuild: `attn_mask` (shaped by the training
+# img_size, e.g. (16, 256, 256) for img 64 / ws 16, and wrong for any other size) and
+# `relative_position_index` (a fixed function of the window size).
+_IGNORED = re.compile(r"(^|\.)(attn_mask|relative_position_index)$")
+
+
+def ignored_checkpoint_keys(key: str) -> bool:
+    return bool(_IGNORED.search(key))
+
+
+def _init_attention(name: str, module: nn.Module, g: torch.Generator) -> bool:
+    table = module.relative_position_bias_table
+    table.copy_(torch.rand(table.shape, generator=g, dtype=torch.float64).mul(2).sub(1).to(table.dtype))
+    return False  # children (the ConvBNs) are visited by the walker itself
+
+
+def init_for_tests(model: nn.Module, seed: int = 0) -> None:
+    """Deterministic demo weights (see `deterministic_init`: every BN gets non-trivial statistics, so folding
+    is exercised, and the output BN's gamma is non-zero so attention contributes) plus relative-position
+    bias tables uniform in [-1, 1]."""
+    deterministic_init(model, seed, rules={EfficientShiftingWindowAttention: _init_attention})
+
+
+def build(variant: str, scale: int, deploy: bool = False) -> AgileIR:
+    return AgileIR(VARIANTS[variant], upscale=scale, deploy=deploy)
+
+
+def window_size(variant: str) -> int:
+    return VARIANTS[variant].window_size
+
+
+register(ModelSpec(
+    name="agileir",
+    build=build,
+    variants=tuple(VARIANTS),
+    scales=(2, 3, 4),
+    default_variant="normal",  # the smallest shipped config (about 1 M parameters)
+    rgb_range=1.0,
+    description="AgileIR (2024): SwinIR with group shifted window attention (cascaded group attention, "
+                "Conv+BN folded); the paper's intended attention with the shift mask applied",
+    size_multiple=window_size,
+    min_size=9,  # reflect padding to the window multiple needs pad < size: H, W > ws/2 (ws <= 16)
+    recommended_tile=256,
+    ignored_checkpoint_keys=ignored_checkpoint_keys,
+    init_for_tests=init_for_tests,
+    extra={"divergence": "public code discards the attention output and passes no shift mask; "
+                         "this implementation uses the attention output and applies the mask"},
+))
+
+
+def config_summary(variants: Sequence[str] = tuple(VARIANTS)) -> Dict[str, Dict[str, object]]:
+    return {v: VARIANTS[v].__dict__ for v in variants}
