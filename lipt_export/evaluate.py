@@ -292,24 +292,29 @@ def _eval(model, variant, scale, weights, dataset, lr_dir, artifacts, no_eager, 
           ) -> Dict[str, Any]:
     from lipt_export import manifest as mf
     from lipt_export.models.io import UnitRangeIO
+    from lipt_export.models.registry import get_spec, resolve_variant
     from lipt_export.runners import TorchRunner
 
     open_dataset(dataset, scale, lr_dir=lr_dir, limit=limit)  # fail on the data before loading anything
     if no_eager and not artifacts:
         raise EvalSetupError("nothing to evaluate: --no-eager needs at least one --artifact")
-    spec, variant, deploy, info = load_eager(model, variant, scale, weights, seed)
-    if info["source"] != "checkpoint":
-        click.echo("lipt-export: note: no --weights given; the eager model uses demo weights (scores are "
-                   "meaningless)", err=True)
+    spec = get_spec(model)
+    variant = resolve_variant(spec, variant, scale)
+    weights_sha = mf.sha256_file(weights) if weights and Path(weights).is_file() else None
+    arts, notes = artifact_targets(artifacts, spec.name, scale, tile, weights_sha=weights_sha)
+    deploy, info = None, {"source": "none"}
+    if not no_eager or parity_extras:
+        spec, variant, deploy, info = load_eager(model, variant, scale, weights, seed)
     targets: List[EvalTarget] = []
     if not no_eager:
+        if info["source"] != "checkpoint":
+            click.echo("lipt-export: note: no --weights given; the eager model uses demo weights (scores are "
+                       "meaningless)", err=True)
         eager = TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name="eager")
         tiling = {"required": spec.tile_required, "recommended_tile": spec.recommended_tile, "overlap": 16}
         eager, tiled = _tiled(eager, tiling, scale, spec.size_multiple(variant), tile)
         targets.append(EvalTarget(eager, "eager (pytorch)", "fp32", "pytorch",
                                   {"weights": info, **({"tile": tiled} if tiled else {})}))
-    arts, notes = artifact_targets(artifacts, spec.name, scale, tile,
-                                   weights_sha=info.get("sha256"))
     targets.extend(arts)
     for note in notes:
         click.echo(f"lipt-export: note: {note}", err=True)
