@@ -1,0 +1,205 @@
+"""FP32 ONNX -> INT8 explicit-quantization (Q/DQ) ONNX for TensorRT, with a measured PSNR-Y budget.
+
+What TensorRT's ONNX parser accepts (onnx-tensorrt ``QuantDequantLinearHelper``; TensorRT 11 has no
+calibrators, so the Q/DQ pairs in the graph *are* the precision): INT8 with zero point 0, positive scales,
+per-channel weight scales along the output-channel axis. We therefore quantize with ONNX Runtime's
+``quantize_static`` in QDQ format, S8S8 symmetric, per-channel weights, and
+
+* only the inputs of Conv / ConvTranspose / MatMul / Gemm (the layers TensorRT fuses Q/DQ into; Q/DQ
+  elsewhere only adds rounding), no Q/DQ on their outputs (like NVIDIA's pytorch-quantization
+  placement), biases left in float (TensorRT's DequantizeLinear takes INT8/FP8/INT4, not INT32);
+* ranges from :mod:`lipt_export.calibration.ranges` (cached);
+* a sensitivity pass on held-out images (never the calibration images): each quantized node's own
+  contribution to the output error is measured with only that node quantized, and the most sensitive
+  nodes are kept in float until the held-out PSNR-Y drop versus FP32 is within the budget, or the cap
+  (half the quantized nodes by default) is reached, which the report then says
+  (:mod:`lipt_export.calibration.sensitivity`). The final artifact is re-measured on the held-out set.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+
+from lipt_export.calibration.data import load_calibration_set, psnr_y
+from lipt_export.calibration.ranges import graph_sha256, load_or_collect, ort_method, write_cache, write_ort_cache
+from lipt_export.calibration.sensitivity import (SearchResult, SwitchRunner, build_search_inputs, build_switch_model,
+                                                 measure_sensitivity, search_fallback)
+
+QUANT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+CALIBRATOR_OPTIONS = {"symmetric": True}
+SENSITIVITY_TABLE = 12
+
+
+def quantizer_options() -> Dict[str, object]:
+    return {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+            "OpTypesToExcludeOutputQuantization": list(QUANT_OP_TYPES)}
+
+
+@dataclass
+class HeldOut:
+    """Held-out pairs and the FP32 model's PSNR-Y on them."""
+
+    lr: List[np.ndarray]
+    hr: List[np.ndarray]
+    shave: int
+    fp32_path: Path
+    fp32_psnr: List[float] = field(default_factory=list)
+    _fp32: object = None
+
+    def psnr(self, model_path: Path) -> List[float]:
+        from lipt_export.runners import OnnxRuntimeRunner
+
+        runner = OnnxRuntimeRunner(model_path, name=model_path.name)
+        return [psnr_y(runner.infer(x), y, self.shave) for x, y in zip(self.lr, self.hr)]
+
+    def fp32_output(self, x: np.ndarray) -> np.ndarray:
+        if self._fp32 is None:
+            from lipt_export.runners import OnnxRuntimeRunner
+
+            self._fp32 = OnnxRuntimeRunner(self.fp32_path, name="fp32")
+        return self._fp32.infer(x)
+
+    def drop(self, model_path: Path) -> float:
+        return float(np.mean(self.fp32_psnr) - np.mean(self.psnr(model_path)))
+
+
+def quantized_nodes(qdq_model: onnx.ModelProto) -> List[onnx.NodeProto]:
+    """Nodes of the quantized op types with at least one input coming from a DequantizeLinear."""
+    dq_out = {n.output[0] for n in qdq_model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n for n in qdq_model.graph.node if n.op_type in QUANT_OP_TYPES and any(i in dq_out for i in n.input)]
+
+
+class Quantizer:
+    """quantize_static with fixed options and cached ranges; ``build(exclude, out)`` writes a QDQ model."""
+
+    def __init__(self, pre_path: Path, ranges_path: Path, method: str):
+        self.pre_path, self.ranges_path, self.method = pre_path, ranges_path, method
+        self.builds = 0
+
+    def build(self, exclude: Sequence[str], out: Path) -> Path:
+        import logging
+
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # ORT logs a pre-processing hint and per-tensor warnings at WARNING
+        try:
+            quantize_static(str(self.pre_path), str(out), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(QUANT_OP_TYPES), per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(exclude), calibrate_method=ort_method(self.method),
+                            extra_options=quantizer_options(), calibration_cache_path=str(self.ranges_path))
+        finally:
+            root.setLevel(level)
+        self.builds += 1
+        return out
+
+
+def preprocess(src: Path, dst: Path) -> None:
+    """ORT's quantization pre-processing without symbolic shape inference (it fails on dynamic H/W,
+    environment.md section 6) and without graph optimisation (keeps node names stable)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(dst), skip_optimization=True, skip_onnx_shape=False,
+                      skip_symbolic_shape=True)
+
+
+def _db_vs_fp32(mse: float) -> float:
+    """Output PSNR (peak 1.0) versus FP32 implied by an output MSE."""
+    return round(10.0 * float(np.log10(1.0 / max(mse, 1e-20))), 2)
+
+
+def sensitivity_and_fallback(q: "Quantizer", q_all: Path, pre: Path, held: HeldOut, budget: float,
+                             cap: Optional[int], tmp: Path, log: Callable[[str], None]
+                             ) -> Tuple[Dict[str, str], SearchResult, Dict[str, object]]:
+    """Measure each quantized node's output error alone (switch model), then search the float set with
+    real re-quantized models, so the figure found is the figure of the artifact."""
+    t0 = time.perf_counter()
+    qdq = onnx.load(str(q_all))
+    node_ops = {n.name: n.op_type for n in quantized_nodes(qdq)}
+    nodes = list(node_ops)
+    switch = SwitchRunner(build_switch_model(qdq, onnx.load(str(pre)), nodes), len(nodes))
+    crops = build_search_inputs(held.lr)
+    refs = [held.fp32_output(x).astype(np.float64) for x in crops]
+    mse = measure_sensitivity(switch, nodes, crops, refs)
+    order = sorted(nodes, key=lambda n: -mse[n])
+    del switch
+    cache: Dict[int, float] = {0: held.drop(q_all)}
+
+    def drop_of(float_nodes: Sequence[str]) -> float:
+        if len(float_nodes) not in cache:
+            cache[len(float_nodes)] = held.drop(q.build(float_nodes, tmp / "candidate.int8.onnx"))
+        return cache[len(float_nodes)]
+
+    cap = cap if cap is not None else max(1, len(nodes) // 2)
+    result = search_fallback(drop_of, order, mse, budget, cap, log)
+    stats = {"measured_nodes": len(nodes), "search_crops": [list(c.shape[2:]) for c in crops],
+             "fallback_cap": cap, "search_evaluations": [{"nodes_in_float": k, "drop_db": round(d, 4)}
+                                                         for k, d in result.evaluations],
+             "seconds": round(time.perf_counter() - t0, 2)}
+    return node_ops, result, stats
+
+
+def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool = False, count: int = 32,
+                  size: int = 64, method: str = "minmax", scale: int = 2, max_psnr_drop: float = 0.10,
+                  cache_dir: Optional[str | Path] = None, log: Callable[[str], None] = print, seed: int = 0,
+                  max_fallback: Optional[int] = None) -> Dict[str, object]:
+    """Write the INT8 Q/DQ model to ``dst``; returns ``{"int8": {...}}`` for the manifest artifact entry."""
+    import onnxruntime
+
+    src, dst = Path(src), Path(dst)
+    ort_method(method)  # validates the name before any work
+    data = load_calibration_set(calib_dir, calib_lr=calib_lr, count=count, size=size, scale=scale, seed=seed)
+    fp32 = onnx.load(str(src))
+    with tempfile.TemporaryDirectory(prefix="lipt-int8-") as tmp_name:
+        tmp = Path(tmp_name)
+        pre = tmp / "pre.onnx"
+        preprocess(src, pre)
+        ranges, cache_file, hit, key = load_or_collect(
+            pre, data.calib, method=method, op_types=QUANT_OP_TYPES, options=CALIBRATOR_OPTIONS,
+            model_sha=graph_sha256(fp32), data_fp=data.fingerprint, cache_dir=cache_dir, log=log)
+        ort_cache = tmp / "ranges.ort.json"
+        write_ort_cache(ort_cache, ranges)
+        q = Quantizer(pre, ort_cache, method)
+        q_all = q.build([], tmp / "all.int8.onnx")
+        held = HeldOut(lr=data.heldout_lr, hr=data.heldout_hr, shave=scale, fp32_path=src)
+        held.fp32_psnr = held.psnr(src)
+        node_ops, search, stats = sensitivity_and_fallback(q, q_all, pre, held, max_psnr_drop, max_fallback, tmp,
+                                                           log)
+        kept = search.kept_float
+        q.build(kept, dst)
+        drop = search.drop  # measured on this very model (the build is deterministic)
+        sidecar = dst.with_name(dst.name.replace(".onnx", "") + ".calib.json")
+        write_cache(sidecar, ranges, key)
+    drop_all = search.drop_all
+    table = [{"node": n, "op": node_ops[n], "output_psnr_db_alone": _db_vs_fp32(search.output_mse[n]),
+              "kept_float": n in kept} for n in search.order[:SENSITIVITY_TABLE]]
+    budget_met = drop <= max_psnr_drop
+    if not budget_met:
+        log(f"[int8] WARNING: held-out PSNR-Y drop {drop:.3f} dB exceeds the budget {max_psnr_drop:.3f} dB with "
+            f"{len(kept)} node(s) in float (cap {stats['fallback_cap']}); the INT8 artifact is written anyway")
+    else:
+        log(f"[int8] {len(kept)} of {len(node_ops)} node(s) kept in float; held-out PSNR-Y drop {drop:.3f} dB "
+            f"(budget {max_psnr_drop:.3f} dB)")
+    final_q = onnx.load(str(dst))
+    return {"int8": {
+        "format": "QDQ", "scheme": "S8S8 symmetric (zero point 0), per-channel weights",
+        "quantizer": f"onnxruntime.quantization.quantize_static (onnxruntime {onnxruntime.__version__})",
+        "op_types": list(QUANT_OP_TYPES), "method": method,
+        "calibration": {**data.info, "cache_file": str(cache_file) if cache_file else None,
+                        "sidecar": sidecar.name, "key": key},
+        "cache": "hit" if hit else "miss",
+        "quantized_nodes": len(quantized_nodes(final_q)), "quantizable_nodes": len(node_ops),
+        "nodes_in_float": [{"node": n, "op": node_ops[n]} for n in kept],
+        "sensitivity_top": table,
+        "heldout_psnr_y_fp32": round(float(np.mean(held.fp32_psnr)), 4),
+        "psnr_drop_all_int8_db": round(drop_all, 4), "psnr_drop_db": round(drop, 4),
+        "max_psnr_drop_db": max_psnr_drop, "budget_met": budget_met, "search": stats,
+    }}
