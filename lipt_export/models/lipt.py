@@ -11,11 +11,9 @@ Variant table and the reasoning behind it: docs/models.md ("LIPT").
 """
 from __future__ import annotations
 
-import math
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -325,10 +323,6 @@ def _calibrate(model: LIPT, image: torch.Tensor) -> None:
         model.train(was_training)
 
 
-def lipt_init_for_tests(model: nn.Module, seed: int) -> None:
-    init_lipt_for_tests(model, seed)
-
-
 register(ModelSpec(
     name="lipt",
     build=build_lipt,
@@ -342,7 +336,7 @@ register(ModelSpec(
     # iff size > window / 2; 9 satisfies both for windows 8 and 16.
     min_size=9,
     recommended_tile=256,
-    init_for_tests=lipt_init_for_tests,
+    init_for_tests=init_lipt_for_tests,
     remap_checkpoint_keys=remap_lipt_keys,
     extra={"window": {v: lipt_config(v, 2).window for v in VARIANTS}},
 ))

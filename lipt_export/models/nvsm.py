@@ -23,7 +23,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lipt_export.models.hrm import bn_affine
 
