@@ -6,7 +6,12 @@ command's heavy imports are only paid when it runs.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+# Torch and ONNX Runtime both keep OpenMP threads spinning between ops; on small CPU boxes (and with both
+# runtimes in one process) that spinning starves the other pool. Passive waiting is set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import List, Optional, Tuple
 
 import click

@@ -34,9 +34,16 @@ def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic != b"PK" and magic[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+            raise CheckpointError(f"cannot read checkpoint {path}: not a torch (.pt/.pth) or .safetensors "
+                                  f"file") from None
+        text = str(exc)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if \
+            "WeightsUnpickler error:" in text else text.strip().splitlines()[0]
         raise CheckpointError(
-            f"{path} is not a weights-only checkpoint ({first[:160]}); re-save it as a plain state_dict "
+            f"{path} is not a weights-only checkpoint ({detail[:160]}); re-save it as a plain state_dict "
             f"(torch.save(model.state_dict(), ...)) or as .safetensors") from None
     except Exception as exc:  # corrupt zip, truncated file, not a torch file at all
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
