@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 from typing import Dict, List
 
 import click
@@ -21,6 +22,17 @@ def time_runner(runner, x, runs: int, warmup: int) -> Dict[str, float]:
             "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))]}
 
 
+def _expand(target: str) -> List[Path]:
+    """An export directory (or its manifest) stands for every artifact it lists."""
+    from lipt_export import manifest as mf
+
+    p = Path(target)
+    if p.is_dir() or p.name == mf.MANIFEST_NAME:
+        root = p if p.is_dir() else p.parent
+        return [root / a["path"] for a in mf.read_manifest(root)["artifacts"]]
+    return [p]
+
+
 @click.command("bench")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--size", default="128x128", show_default=True, help="LR input HxW.")
@@ -33,7 +45,7 @@ def bench_command(artifacts, size, runs, warmup, threads, json_path):
     from lipt_export.cli import _parse_size, fail
     from lipt_export.export.pipeline import format_table
     from lipt_export.manifest import write_json_atomic
-    from lipt_export.serving import expand_artifacts, load_runner
+    from lipt_export.serving import load_runner
     from lipt_export.validation import natural_inputs
 
     h, w = _parse_size(size)
@@ -42,7 +54,7 @@ def bench_command(artifacts, size, runs, warmup, threads, json_path):
     x = natural_inputs([(h, w)], seed=0)[0]
     results = []
     try:
-        paths = [p for a in artifacts for p in expand_artifacts(a)]
+        paths = [p for a in artifacts for p in _expand(a)]
         for path in paths:
             runner = load_runner(path, threads=threads)
             stats = time_runner(runner, x, runs, warmup)
