@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 import numpy as np
 
-from lipt_export.datasets import DatasetError, open_dataset
+from lipt_export.datasets import open_dataset
 from lipt_export.metrics import sr_scores, to_uint8
 from lipt_export.runners import Runner
 
