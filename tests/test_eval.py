@@ -5,7 +5,6 @@ Model: SMSR x2 with ``init_for_tests`` weights (eager) and its ONNX export (ONNX
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -28,19 +27,6 @@ from lipt_export.validation import synthetic_image
 
 SEED = 0
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """See test_smsr.py: 1 intra-op thread is much faster than 2 on the shared 2-core machine."""
-    prev, prev_env = torch.get_num_threads(), os.environ.get("LIPT_EXPORT_THREADS")
-    torch.set_num_threads(1)
-    os.environ["LIPT_EXPORT_THREADS"] = "1"
-    yield
-    torch.set_num_threads(prev)
-    if prev_env is None:
-        os.environ.pop("LIPT_EXPORT_THREADS", None)
-    else:
-        os.environ["LIPT_EXPORT_THREADS"] = prev_env
 
 
 def _write(path, arr):

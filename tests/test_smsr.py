@@ -8,7 +8,6 @@ masked). Tests with the official checkpoint live in test_smsr_acceptance.py.
 from __future__ import annotations
 
 import copy
-import os
 
 import onnx
 import pytest
@@ -27,20 +26,6 @@ from lipt_export.validation import compare, natural_inputs, rel_l2, shared_dir
 
 SEED = 5
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """2 shared cores with several busy neighbours: 2 intra-op threads spin against each other and run
-    SMSR 5-60x slower than 1 thread. Restored afterwards."""
-    prev, prev_env = torch.get_num_threads(), os.environ.get("LIPT_EXPORT_THREADS")
-    torch.set_num_threads(1)
-    os.environ["LIPT_EXPORT_THREADS"] = "1"
-    yield
-    torch.set_num_threads(prev)
-    if prev_env is None:
-        os.environ.pop("LIPT_EXPORT_THREADS", None)
-    else:
-        os.environ["LIPT_EXPORT_THREADS"] = prev_env
 
 
 def _model(scale=2, seed=SEED):

@@ -9,12 +9,10 @@ Set5 with the shared LR files, shared by all tests of this module:
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -39,22 +37,9 @@ def _shared_paths():
     return ckpt, set5
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """See test_smsr.py: 1 intra-op thread is much faster than 2 on the shared 2-core machine."""
-    prev, prev_env = torch.get_num_threads(), os.environ.get("LIPT_EXPORT_THREADS")
-    torch.set_num_threads(1)
-    os.environ["LIPT_EXPORT_THREADS"] = "1"
-    yield
-    torch.set_num_threads(prev)
-    if prev_env is None:
-        os.environ.pop("LIPT_EXPORT_THREADS", None)
-    else:
-        os.environ["LIPT_EXPORT_THREADS"] = prev_env
-
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory, one_thread):
+def official(tmp_path_factory):
     ckpt, set5 = _shared_paths()
     out = tmp_path_factory.mktemp("smsr_export")
     t0 = time.perf_counter()
