@@ -97,6 +97,23 @@ def choose_islands(model: onnx.ModelProto, peaks: Dict[str, float], limit: float
     return list(chosen.values())
 
 
+def dedupe_identical_nodes(model: onnx.ModelProto) -> int:
+    """The converter emits the same input Cast twice when two blocked nodes read one FP16 tensor (same
+    name, same output): keep the first copy."""
+    seen, keep = set(), []
+    for node in model.graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        keep.append(node)
+    removed = len(model.graph.node) - len(keep)
+    if removed:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return removed
+
+
 def drop_fp16_round_trips(model: onnx.ModelProto) -> int:
     """Remove Cast(->FLOAT16) -> Cast(->FLOAT) pairs: the converter casts every blocked node's output back
     to FP16, so two adjacent FP32 islands still pass their (possibly > 65504) tensor through FP16. Consumers
@@ -209,6 +226,7 @@ def convert_fp16(src: Path, dst: Path, *, calib_inputs: List[np.ndarray], keep_i
         base.CopyFrom(model)
         converted = float16.convert_float_to_float16(base, keep_io_types=keep_io_fp32,
                                                      node_block_list=[i.node for i in islands])
+        dedupe_identical_nodes(converted)
         drop_fp16_round_trips(converted)
         topological_sort(converted)
         if not guard or repairs >= MAX_REPAIR_ROUNDS or _is_finite(converted, calib_inputs):

@@ -7,7 +7,9 @@ per-channel weight scales along the output-channel axis. We therefore quantize w
 
 * only the inputs of Conv / ConvTranspose / MatMul / Gemm (the layers TensorRT fuses Q/DQ into; Q/DQ
   elsewhere only adds rounding), no Q/DQ on their outputs (like NVIDIA's pytorch-quantization
-  placement), biases left in float (TensorRT's DequantizeLinear takes INT8/FP8/INT4, not INT32);
+  placement), biases left in float (TensorRT's DequantizeLinear takes INT8/FP8/INT4, not INT32), and
+  every other consumer of a quantized tensor (residual Adds, concats, the mask branch) reading the float
+  tensor -- accuracy first: TensorRT then cannot fuse an INT8 residual add, which costs some speed;
 * ranges from :mod:`lipt_export.calibration.ranges` (cached);
 * a sensitivity pass on held-out images (never the calibration images): each quantized node's own
   contribution to the output error is measured with only that node quantized, and the most sensitive
@@ -75,6 +77,47 @@ def quantized_nodes(qdq_model: onnx.ModelProto) -> List[onnx.NodeProto]:
     return [n for n in qdq_model.graph.node if n.op_type in QUANT_OP_TYPES and any(i in dq_out for i in n.input)]
 
 
+def restore_float_consumers(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> int:
+    """ORT hands the dequantized tensor to *every* consumer of a quantized tensor, so residual Adds, concats
+    and the like silently read INT8-rounded values. Give every consumer that is not a quantized weighted
+    layer the original float tensor back (Q/DQ stay only in front of Conv/MatMul/...), and drop Q/DQ pairs
+    nobody reads any more. Returns the number of inputs rewired."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    excluded = set(exclude)
+    rewired = 0
+    for node in graph.node:
+        if node.op_type in QUANT_OP_TYPES and node.name not in excluded:
+            continue
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for k, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[k] = q.input[0]
+                rewired += 1
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    while True:  # drop DQ then Q nodes whose outputs are no longer read
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        ids = {id(n) for n in dead}
+        keep = [n for n in graph.node if id(n) not in ids]
+        del graph.node[:]
+        graph.node.extend(keep)
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    live = {i for n in graph.node for i in n.input}
+    live |= {g.name for g in graph.input}
+    inits = [i for i in graph.initializer if i.name in live]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    return rewired
+
+
 class Quantizer:
     """quantize_static with fixed options and cached ranges; ``build(exclude, out)`` writes a QDQ model."""
 
@@ -98,6 +141,9 @@ class Quantizer:
                             extra_options=quantizer_options(), calibration_cache_path=str(self.ranges_path))
         finally:
             root.setLevel(level)
+        model = onnx.load(str(out))
+        restore_float_consumers(model, exclude)
+        onnx.save(model, str(out))
         self.builds += 1
         return out
 
@@ -203,3 +249,29 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
         "psnr_drop_all_int8_db": round(drop_all, 4), "psnr_drop_db": round(drop, 4),
         "max_psnr_drop_db": max_psnr_drop, "budget_met": budget_met, "search": stats,
     }}
+
+
+def report_lines(artifact: Dict[str, object]) -> List[str]:
+    """Markdown for report.md: the INT8 outcome, the nodes kept in float and the sensitivity table."""
+    from lipt_export.export.pipeline import format_table
+
+    q = artifact["int8"]
+    cal = q["calibration"]
+    lines = [f"### INT8 ({artifact['path']})", "",
+             f"{q['scheme']}, Q/DQ on the inputs of {', '.join(q['op_types'])}; calibration `{q['method']}` on "
+             f"{cal['patches']} LR patches of {cal['patch_size_lr']} px from {len(cal['calibration_images'])} "
+             f"image(s) in `{cal['folder']}` (cache {q['cache']}); LR made with {cal['downscaler']}.", "",
+             f"Held-out ({', '.join(cal['heldout_images'])}, {cal['heldout_pairs']} pairs; {cal['heldout_note']}): "
+             f"FP32 PSNR-Y {q['heldout_psnr_y_fp32']:.3f} dB; all {q['quantizable_nodes']} nodes INT8: drop "
+             f"{q['psnr_drop_all_int8_db']:.3f} dB; with {len(q['nodes_in_float'])} node(s) in float: drop "
+             f"**{q['psnr_drop_db']:.3f} dB** (budget {q['max_psnr_drop_db']:.3f} dB, "
+             f"{'met' if q['budget_met'] else 'NOT met'}).", ""]
+    if q["nodes_in_float"]:
+        lines += ["Nodes kept in float:", "",
+                  format_table(("node", "op"), [[n["node"], n["op"]] for n in q["nodes_in_float"]], markdown=True), ""]
+    lines += ["Sensitivity (output PSNR vs FP32 with only that node quantized, held-out crops; lower = more "
+              "sensitive):", "",
+              format_table(("node", "op", "PSNR alone (dB)", "kept float"),
+                           [[r["node"], r["op"], f"{r['output_psnr_db_alone']:.2f}", "yes" if r["kept_float"] else ""]
+                            for r in q["sensitivity_top"]], markdown=True), ""]
+    return lines

@@ -330,8 +330,9 @@ def render_report(manifest: Dict[str, Any]) -> str:
                                    [[i["node"], i["op"], f"{i['max_abs']:.3g}"] for i in a["fp16_islands"]],
                                    markdown=True), ""]
         if a.get("int8"):
-            q = a["int8"]
-            lines += [f"### INT8 ({a['path']})", "", "```", json.dumps(q, indent=1)[:4000], "```", ""]
+            from lipt_export.export.int8 import report_lines
+
+            lines += report_lines(a)
         if isinstance(a.get("lint"), dict) and a["lint"].get("findings"):
             lines += [f"### Lint findings for {a['path']}", "",
                       format_table(("severity", "node", "reason"),
