@@ -1,11 +1,14 @@
 """Tiled inference for any image size, with memory bounded by the tile.
 
-Layout. Along each axis, tiles of ``tile`` LR pixels overlap their neighbours by at least ``overlap``
-pixels. Every tile start is a multiple of ``multiple_of`` (the model's window size): windowed-attention
-models partition a tile into the same windows as the whole image only when the tile is aligned to the
-window grid, so aligned tiles reproduce the whole-image result wherever the receptive field stays inside
-the tile. The last tile on an axis ends at the image border, where the model pads exactly as it does for
-the whole image.
+Layout. Each axis is treated as a cycle: tiles ("arcs") of at most ``tile`` LR pixels overlap their
+neighbours by at least ``overlap`` pixels, and the last one runs past the border into the first. A tile that
+crosses the border is stacked as [head rows 0..b) + [tail rows t..H): its outer edges are the image's real
+borders (where the model zero-pads its convolutions and pads the input to its window multiple, exactly as
+for the whole image) and its cyclic wrap joins the image's last row to its first, as whole-image inference
+does for models that roll or re-sample cyclically (LIPT's shifted windows and sparse attention). The only
+artificial edge of any tile is then an inner one, which the overlap keeps away from the pixels that count.
+Every tile start (and wrapped head) is a multiple of ``multiple_of`` (the model's window size), so a tile
+is partitioned into exactly the windows of the whole image.
 
 Blending. Between two neighbouring tiles, a seam sits at the centre of their overlap. Each tile's weight
 is 1 up to a ramp around the seam and 0 beyond it; the ramp spans ``blend`` x the overlap (default a
@@ -38,46 +41,78 @@ def _align_up(v: int, m: int) -> int:
     return -(-v // m) * m
 
 
-def axis_spans(length: int, tile: int, overlap: int, align: int = 1) -> List[Tuple[int, int]]:
-    """[start, end) spans covering ``range(length)``: each at most ``tile`` long, neighbours overlapping
-    by at least ``overlap``, every start a multiple of ``align``, spread evenly."""
+@dataclass(frozen=True)
+class Arc:
+    """A tile's extent along one axis, on the axis seen as a cycle of ``length`` pixels: [start, start + size)
+    in unrolled coordinates. An arc running past the end wraps: its tile is assembled as the head
+    [0, start + size - length) followed by the tail [start, length)."""
+
+    start: int
+    size: int
+    length: int
+
+    @property
+    def head(self) -> int:
+        return max(0, self.start + self.size - self.length)
+
+    def segments(self) -> List[Tuple[int, int]]:
+        """Source ranges in the order they are stacked into the tile."""
+        if not self.head:
+            return [(self.start, self.start + self.size)]
+        return [(0, self.head), (self.start, self.length)]
+
+
+def axis_arcs(length: int, tile: int, overlap: int, align: int = 1) -> List[Arc]:
+    """Arcs covering the axis as a cycle: each at most ``tile`` long, neighbours (the last and the first
+    included, across the border) sharing at least ``overlap`` pixels, starts and wrapped heads multiples of
+    ``align``, evenly spread, no larger than needed. An axis up to ``tile`` long is one whole arc."""
     if length <= 0:
         raise ValueError(f"cannot tile an axis of length {length}")
     if length <= tile:
-        return [(0, length)]
-    tile = _align_down(tile, align)
-    step = tile - overlap - (align - 1)  # worst case after aligning starts down
-    if tile < align or step < align:
+        return [Arc(0, length, length)]
+    room = _align_down(tile - (align - 1), align)  # a wrapped head is aligned up by < align
+    step = room - overlap - (align - 1)  # worst case after aligning starts down
+    if room < align or step < align:
         raise ValueError(f"tile {tile} is too small for overlap {overlap} with alignment {align}: use a tile of "
-                         f"at least {overlap + 2 * align - 1 + align} pixels or a smaller overlap")
-    last = _align_up(length - tile, align)  # the last tile ends exactly at the border
-    n = 1 + math.ceil(last / step)
-    starts = [_align_down(round(i * last / (n - 1)), align) for i in range(n - 1)] + [last]
-    starts = sorted(set(starts))
-    return [(s, min(s + tile, length)) for s in starts]
+                         f"at least {_align_up(overlap + 2 * align - 1, align) + align - 1} pixels or a smaller overlap")
+    n = math.ceil(length / step)
+    size = min(room, _align_up(math.ceil(length / n) + overlap + align - 1, align))
+    arcs = []
+    for i in range(n):
+        start = _align_down(round(i * length / n), align)
+        head = start + size - length
+        extra = _align_up(head, align) - head if head > 0 else 0  # keep the tail aligned inside the tile
+        arcs.append(Arc(start, size + extra, length))
+    return arcs
 
 
-def axis_weights(spans: Sequence[Tuple[int, int]], scale: int, blend: float = 0.25) -> List[np.ndarray]:
-    """Per-span 1-D weights in output pixels (length ``scale * (end - start)``) forming a partition of
-    unity over the axis: each seam sits mid-overlap with a linear ramp ``blend`` x the overlap wide."""
-    seams = []  # (centre, half-width) in LR pixels, one per neighbouring pair
-    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
-        ov = e0 - s1
-        if ov <= 0:
-            raise ValueError("tiles must overlap")
-        seams.append([(s1 + e0) / 2.0, max(0.0, blend) * ov / 2.0])
-    # Neighbouring ramps must not meet (then at most two tiles share any pixel and weights sum to 1).
-    for i, (c, h) in enumerate(seams):
-        room = min([c - seams[i - 1][0] if i else math.inf, seams[i + 1][0] - c if i + 1 < len(seams) else math.inf])
-        seams[i][1] = min(h, room / 2.0)
+def axis_weights(arcs: Sequence[Arc], scale: int, blend: float = 0.25) -> List[np.ndarray]:
+    """Per-arc 1-D weights in output pixels, in the arc's stacking order (head first when it wraps), forming
+    a partition of unity over the axis: each seam sits mid-overlap, with a linear ramp ``blend`` x the
+    overlap wide; pixels nearer a tile edge than the ramp get weight 0."""
+    n = len(arcs)
+    if n == 1:
+        return [np.ones(scale * arcs[0].size, np.float32)]
+    length = arcs[0].length
+    seams = []  # (centre, half-width) in unrolled LR pixels; seam i sits between arc i and arc i+1
+    for i, arc in enumerate(arcs):
+        nxt = arcs[i + 1].start if i + 1 < n else arcs[0].start + length
+        ov = arc.start + arc.size - nxt
+        if ov < 0:
+            raise ValueError("tiles must cover the axis without gaps")
+        seams.append([(nxt + arc.start + arc.size) / 2.0, max(0.0, blend) * ov / 2.0])
+    for i, (c, h) in enumerate(seams):  # neighbouring ramps must not meet: then weights sum to 1
+        prev_c = seams[i - 1][0] - (length if i == 0 else 0)
+        next_c = seams[(i + 1) % n][0] + (length if i == n - 1 else 0)
+        seams[i][1] = min(h, (c - prev_c) / 2.0, (next_c - c) / 2.0)
     weights = []
-    for i, (s, e) in enumerate(spans):
-        x = (np.arange(scale * s, scale * e, dtype=np.float64) + 0.5) / scale  # output pixel centres, LR units
-        w = np.ones_like(x)
-        if i > 0:
-            w *= _ramp(x, *seams[i - 1])
-        if i + 1 < len(spans):
-            w *= 1.0 - _ramp(x, *seams[i])
+    for i, arc in enumerate(arcs):
+        x = arc.start + (np.arange(scale * arc.size, dtype=np.float64) + 0.5) / scale  # unrolled LR coords
+        up_c, up_h = seams[i - 1]
+        w = _ramp(x, up_c - (length if i == 0 else 0), up_h) * (1.0 - _ramp(x, *seams[i]))
+        if arc.head:  # stacking order: head (unrolled positions past the end) first, then the tail
+            split = scale * (arc.length - arc.start)
+            w = np.concatenate([w[split:], w[:split]])
         weights.append(w.astype(np.float32))
     return weights
 
@@ -90,20 +125,27 @@ def _ramp(x: np.ndarray, centre: float, half: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Tile:
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-    wy: np.ndarray  # output-row weights
+    rows: List[Tuple[int, int]]  # source row ranges, in stacking order
+    cols: List[Tuple[int, int]]
+    wy: np.ndarray  # output-row weights (stacking order)
     wx: np.ndarray  # output-column weights
 
 
 def plan_tiles(h: int, w: int, tile: TileSize, overlap: int, scale: int, align: int = 1,
                blend: float = 0.25) -> List[Tile]:
     th, tw = (tile, tile) if isinstance(tile, int) else tile
-    ys, xs = axis_spans(h, th, overlap, align), axis_spans(w, tw, overlap, align)
+    ys, xs = axis_arcs(h, th, overlap, align), axis_arcs(w, tw, overlap, align)
     wys, wxs = axis_weights(ys, scale, blend), axis_weights(xs, scale, blend)
-    return [Tile(y0, y1, x0, x1, wy, wx) for (y0, y1), wy in zip(ys, wys) for (x0, x1), wx in zip(xs, wxs)]
+    return [Tile(ay.segments(), ax.segments(), wy, wx) for ay, wy in zip(ys, wys) for ax, wx in zip(xs, wxs)]
+
+
+def _gather(lr_chw: np.ndarray, rows: List[Tuple[int, int]], cols: List[Tuple[int, int]]) -> np.ndarray:
+    if len(rows) == 1 and len(cols) == 1:
+        (r0, r1), (c0, c1) = rows[0], cols[0]
+        return np.ascontiguousarray(lr_chw[None, :, r0:r1, c0:c1], dtype=np.float32)
+    block = np.concatenate([lr_chw[:, r0:r1] for r0, r1 in rows], axis=1)
+    block = np.concatenate([block[:, :, c0:c1] for c0, c1 in cols], axis=2)
+    return np.ascontiguousarray(block[None], dtype=np.float32)
 
 
 class TiledRunner(Runner):
@@ -128,8 +170,8 @@ class TiledRunner(Runner):
 
     def plan(self, h: int, w: int) -> List[Tile]:
         if self.tile is None:
-            ones = (np.ones(h * (self.scale or 1), np.float32), np.ones(w * (self.scale or 1), np.float32))
-            return [Tile(0, h, 0, w, *ones)]
+            sc = self.scale or 1
+            return [Tile([(0, h)], [(0, w)], np.ones(h * sc, np.float32), np.ones(w * sc, np.float32))]
         return plan_tiles(h, w, self.tile, self.overlap, self.scale or 1, self.multiple_of, self.blend)
 
     def count_tiles(self, h: int, w: int) -> int:
@@ -165,13 +207,19 @@ class TiledRunner(Runner):
         else:
             out[...] = 0.0
         for t in self.plan(h, w):
-            y = self.runner.infer(np.ascontiguousarray(lr_chw[None, :, t.y0:t.y1, t.x0:t.x1], dtype=np.float32))
-            want = (1, c, s * (t.y1 - t.y0), s * (t.x1 - t.x0))
-            if y.shape != want:
-                raise ValueError(f"{self.runner.name} returned shape {y.shape} for a tile needing {want}: "
-                                 f"is the scale {s} right?")
-            region = out[:, s * t.y0:s * t.y1, s * t.x0:s * t.x1]
-            region += y[0] * (t.wy[:, None] * t.wx[None, :])
+            th, tw = sum(b - a for a, b in t.rows), sum(b - a for a, b in t.cols)
+            y = self.runner.infer(_gather(lr_chw, t.rows, t.cols))
+            if y.shape != (1, c, s * th, s * tw):
+                raise ValueError(f"{self.runner.name} returned shape {y.shape} for a tile needing "
+                                 f"{(1, c, s * th, s * tw)}: is the scale {s} right?")
+            weighted = y[0] * (t.wy[:, None] * t.wx[None, :])
+            p = 0
+            for r0, r1 in t.rows:  # scatter each stacked block back to where it came from
+                q = 0
+                for c0, c1 in t.cols:
+                    out[:, s * r0:s * r1, s * c0:s * c1] += weighted[:, s * p:s * (p + r1 - r0), s * q:s * (q + c1 - c0)]
+                    q += c1 - c0
+                p += r1 - r0
             if progress is not None:
                 progress(1)
         return out

@@ -86,3 +86,15 @@ def add_fp16_io_artifact(export_dir: Path) -> Path:
     man["artifacts"].append(mf.artifact_entry(path, export_dir, fmt="onnx", precision="fp16", fp16_io="float16"))
     mf.write_json_atomic(export_dir / mf.MANIFEST_NAME, man)
     return path
+
+
+class CyclicSR(WindowSR):
+    """WindowSR after a cyclic roll of the padded map (LIPT's unmasked shifted windows): pixels near one border
+    depend on the opposite border."""
+
+    def forward(self, x):
+        h, w = x.shape[2], x.shape[3]
+        ph, pw = (self.window - h % self.window) % self.window, (self.window - w % self.window) % self.window
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+        x = x + 0.5 * torch.roll(x, shifts=(-(self.window // 2), -(self.window // 2)), dims=(2, 3))
+        return super().forward(x)[:, :, : h * self.scale, : w * self.scale]

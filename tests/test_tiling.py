@@ -8,43 +8,53 @@ import numpy as np
 import pytest
 
 from lipt_export.runners import TorchRunner
-from lipt_export.tiling import ProfileFitRunner, TiledRunner, axis_spans, axis_weights
+from lipt_export.tiling import ProfileFitRunner, TiledRunner, axis_arcs, axis_weights
 from lipt_export.validation import natural_inputs, rel_l2
-from serving_toys import ConvSR, WindowSR
+from serving_toys import ConvSR, CyclicSR, WindowSR
+
+
+def _unrolled(arc):
+    return arc.start, arc.start + arc.size
 
 
 @pytest.mark.parametrize("align", [1, 8])
-def test_axis_spans_cover_align_and_overlap(align):
+def test_axis_arcs_cover_the_cycle_aligned_and_overlapping(align):
     for length, tile, overlap in itertools.product((5, 64, 65, 100, 257, 1000), (48, 64, 128), (0, 8, 16)):
-        spans = axis_spans(length, tile, overlap, align)
-        assert spans[0][0] == 0 and spans[-1][1] == length
-        for s, e in spans:
-            assert 0 < e - s <= tile and s % align == 0
-        for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
-            assert s0 < s1 and e0 - s1 >= overlap  # every neighbour pair shares at least `overlap` pixels
+        arcs = axis_arcs(length, tile, overlap, align)
+        if length <= tile:
+            assert [(a.start, a.size) for a in arcs] == [(0, length)]
+            continue
+        assert arcs[0].start == 0
+        for a in arcs:
+            assert a.size <= tile and a.start % align == 0 and a.head % align == 0
+            assert sum(e - s for s, e in a.segments()) == a.size
+        nexts = [a.start for a in arcs[1:]] + [length]  # the last arc meets the first across the border
+        for a, nxt in zip(arcs, nexts):
+            assert a.start < nxt and _unrolled(a)[1] - nxt >= overlap
 
 
-def test_axis_spans_reject_tile_too_small_for_overlap():
+def test_axis_arcs_reject_tile_too_small_for_overlap():
     with pytest.raises(ValueError, match="too small"):
-        axis_spans(500, 40, 32, 8)
+        axis_arcs(500, 40, 32, 8)
 
 
 @pytest.mark.parametrize("blend", [0.0, 0.25, 1.0])
 def test_axis_weights_are_a_partition_of_unity_with_clean_margins(blend):
-    scale, overlap = 3, 16
-    spans = axis_spans(300, 64, overlap, 8)
-    weights = axis_weights(spans, scale, blend)
-    total = np.zeros(300 * scale)
-    for (s, e), w in zip(spans, weights):
-        assert w.shape == (scale * (e - s),)
-        total[scale * s:scale * e] += w
+    scale, overlap, length = 3, 16, 300
+    arcs = axis_arcs(length, 64, overlap, 8)
+    weights = axis_weights(arcs, scale, blend)
+    total = np.zeros(length * scale)
+    margin = int(scale * overlap * (1 - blend) / 2)  # output pixels next to a tile's inner edge never count
+    for a, w in zip(arcs, weights):
+        assert w.shape == (scale * a.size,)
+        pos = 0
+        for s, e in a.segments():  # weights come in stacking order
+            total[scale * s:scale * e] += w[pos:pos + scale * (e - s)]
+            pos += scale * (e - s)
+        unrolled = np.concatenate([w[scale * a.head:], w[:scale * a.head]]) if a.head else w
+        if margin:
+            assert np.all(unrolled[:margin] == 0) and np.all(unrolled[-margin:] == 0)
     np.testing.assert_allclose(total, 1.0, atol=1e-6)
-    margin = int(scale * overlap * (1 - blend) / 2)  # output pixels next to an inner tile edge never count
-    for i, ((s, e), w) in enumerate(zip(spans, weights)):
-        if i > 0 and margin:
-            assert np.all(w[:margin] == 0)
-        if i + 1 < len(spans) and margin:
-            assert np.all(w[-margin:] == 0)
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +84,23 @@ def test_window_model_needs_window_aligned_tiles():
     runner = TorchRunner(WindowSR(scale=2), name="window")
     (x,) = natural_inputs([(75, 101)], seed=2)
     whole = runner.infer(x)
-    aligned = TiledRunner(runner, scale=2, tile=48, overlap=32, multiple_of=8).infer(x)
-    unaligned = TiledRunner(runner, scale=2, tile=48, overlap=32, multiple_of=1).infer(x)
+    aligned = TiledRunner(runner, scale=2, tile=64, overlap=32, multiple_of=8).infer(x)
+    unaligned = TiledRunner(runner, scale=2, tile=64, overlap=32, multiple_of=1).infer(x)
     assert rel_l2(aligned, whole) < 1e-6
     assert rel_l2(unaligned, whole) > 1e-3
+
+
+def test_cyclic_model_is_exact_up_to_the_borders():
+    """A model that rolls its features cyclically (like LIPT's shifted windows) makes each border depend on
+    the opposite one; tiles that wrap around the border reproduce that exactly."""
+    runner = TorchRunner(CyclicSR(scale=2), name="cyclic")
+    (x,) = natural_inputs([(75, 101)], seed=6)
+    whole = runner.infer(x)
+    out = TiledRunner(runner, scale=2, tile=48, overlap=24, multiple_of=8).infer(x)
+    assert rel_l2(out, whole) < 1e-6
+    # Stacking the border tile as [head; tail] matters: taken in image order it breaks the wrap.
+    assert rel_l2(runner.infer(np.concatenate([x[:, :, :, 80:], x[:, :, :, :24]], axis=3))[:, :, :, 42:],
+                  whole[:, :, :, :48]) > 1e-3
 
 
 def test_batch_scale_probe_and_preallocated_output(conv_runner):
