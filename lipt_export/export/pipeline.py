@@ -320,6 +320,11 @@ def render_report(manifest: Dict[str, Any]) -> str:
         lines += [f"Reparameterization (train vs deploy graph, float64): rel-L2 {m['reparam_rel_l2_fp64']:.2e}", ""]
     lines += ["## Artifacts (parity vs eager deploy graph, worst case over inputs)", "",
               format_table(ARTIFACT_HEADER, summary_rows(manifest), markdown=True), ""]
+    for a in manifest["artifacts"]:
+        if a.get("parity_vs_train_graph"):
+            t = a["parity_vs_train_graph"]
+            lines += [f"{a['path']} vs the eager *training* graph (before reparameterization): rel-L2 "
+                      f"{t['rel_l2']:.1e}, max |err| {t['max_abs']:.1e}, PSNR {_fmt_db(t['psnr_db'])} dB", ""]
     sizes = {tuple(map(tuple, a["parity"]["sizes"])) for a in manifest["artifacts"] if a.get("parity")}
     if sizes:
         lines += [f"Parity input sizes (LR HxW): {', '.join(f'{h}x{w}' for h, w in sorted(sizes)[0])}", ""]
