@@ -243,6 +243,8 @@ def upscale_command(artifact, input_path, output_path, precision, backend, tile,
         tile_size, ov = resolve_tiling(art, tile, overlap)
         if tile is None and tile_size is None:
             tile_size = DEFAULT_TILE  # bounded memory by default; images up to it run whole
+        if art.format == "tensorrt" and tile_size:  # tiles inside the engine's profile: no second tiling
+            tile_size = min(tile_size, *art.entry["profile"]["max"][2:])
         runner = TiledRunner(runner_for(art, threads=threads), art.scale, tile_size, ov, art.multiple_of)
     except (UpscaleError, ArtifactError, ValueError, FileNotFoundError, RuntimeError) as exc:
         fail(str(exc).splitlines()[0])
