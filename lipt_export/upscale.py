@@ -221,7 +221,8 @@ def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]) -> Lis
               help="auto = the TensorRT engine when the export has one and TensorRT works, else ONNX Runtime.")
 @click.option("--tile", default=None, type=int, help="LR tile size in pixels; 0 = whole image (default: the "
               "manifest's recommended tile when the model requires tiling, else 512; smaller images run whole).")
-@click.option("--overlap", default=None, type=int, help="LR pixels shared by neighbouring tiles (default: manifest).")
+@click.option("--overlap", default=None, type=int, help="LR pixels shared by neighbouring tiles (default: the "
+              "manifest's, at least 8 windows for windowed models, e.g. 64 for LIPT).")
 @click.option("--alpha", "alpha_mode", default="bicubic", show_default=True, type=click.Choice(["bicubic", "model"]),
               help="How the alpha channel is upscaled.")
 @click.option("--format", "fmt", default=None, help="Output format for folders (png, jpg, webp, tif, npy).")

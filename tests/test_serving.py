@@ -137,3 +137,15 @@ def test_module_and_checkpoint_runners(tmp_path):
     (x,) = natural_inputs([(24, 32)], seed=0)
     ref = TorchRunner(UnitRangeIO(reparameterize_model(lipt), 255)).infer(x)
     assert rel_l2(runner.infer(x), ref) < 1e-6
+
+
+def test_default_overlap_is_at_least_eight_windows(tmp_path):
+    from lipt_export.serving import default_overlap
+    from serving_toys import WindowSR
+
+    assert default_overlap({"size": {"multiple_of": 1}, "tiling": {"overlap": 16}}) == 16
+    assert default_overlap({"size": {"multiple_of": 8}, "tiling": {"overlap": 16}}) == 64
+    assert default_overlap({"size": {"multiple_of": 8}, "tiling": {"overlap": 96}}) == 96
+    d = make_export(tmp_path, WindowSR(scale=2), multiple_of=8)
+    runner = load_runner(d, tile=128)
+    assert runner.overlap == 64 and runner.multiple_of == 8

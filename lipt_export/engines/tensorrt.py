@@ -126,12 +126,14 @@ def load_engine_runner(path: Path, entry: Optional[Dict[str, Any]], manifest: Op
     if mf.sha256_file(path) != entry.get("sha256"):
         raise EngineError(f"{path} does not match its manifest entry (sha256 differs); rebuild the engine")
     check_engine_compat(entry, current_environment())
+    from lipt_export.serving import default_overlap
+
     io = manifest["io"]
     profile = ProfileSpec.from_dict(entry["profile"])
     raw = _EngineRunner(path, io["input"]["name"], io["output"]["name"], name or path.name, entry["precision"])
     return ProfileFitRunner(raw, io["scale"], profile.min_hw, profile.max_hw, profile.batch[2],
                             multiple_of=io.get("size", {}).get("multiple_of", 1),
-                            overlap=int(io.get("tiling", {}).get("overlap", 16) if overlap is None else overlap))
+                            overlap=default_overlap(io) if overlap is None else int(overlap))
 
 
 def build_engines_for_export(tmp_dir: Path, artifacts: Sequence[Tuple[Path, str, Dict[str, Any]]],
