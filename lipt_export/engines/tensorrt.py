@@ -103,11 +103,14 @@ class _EngineRunner(Runner):
         self.input_name, self.output_name = input_name, output_name
         self._runner = TrtRunner(EngineFromBytes(BytesFromPath(str(path))))
         self._runner.activate()
-        self.input_dtype = np.dtype(self._runner.get_input_metadata()[input_name].dtype)
+        from polygraphy.datatype import DataType
+
+        self.input_dtype = np.dtype(DataType.to_dtype(self._runner.get_input_metadata()[input_name].dtype, "numpy"))
 
     def infer(self, lr: np.ndarray) -> np.ndarray:
         out = self._runner.infer({self.input_name: np.ascontiguousarray(lr, dtype=self.input_dtype)})
-        return np.ascontiguousarray(np.asarray(out[self.output_name], dtype=np.float32))
+        # polygraphy reuses its host output buffers between calls: copy before the next inference.
+        return np.array(out[self.output_name], dtype=np.float32, order="C", copy=True)
 
     def close(self) -> None:
         if self._runner.is_active:
