@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
-import torch.nn as nn
 
 
 class Runner:
@@ -30,12 +28,16 @@ class Runner:
 class TorchRunner(Runner):
     """Eager PyTorch. ``dtype=torch.float64`` runs the reference in double precision."""
 
-    def __init__(self, module: nn.Module, name: str = "eager", precision: str = "fp32",
-                 device: str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, module, name: str = "eager", precision: str = "fp32", device: str = "cpu", dtype=None):
+        import torch  # lazily: ONNX-only serving processes need not pay torch's import and memory
+
+        dtype = dtype or torch.float32
         self.module = module.to(device=device, dtype=dtype).eval()
         self.name, self.precision, self.device, self.dtype = name, precision, device, dtype
 
     def infer(self, lr: np.ndarray) -> np.ndarray:
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(lr)).to(device=self.device, dtype=self.dtype)
         with torch.inference_mode():
             y = self.module(x)

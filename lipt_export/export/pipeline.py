@@ -131,6 +131,10 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = _default_log) -> 
         raise ExportError("INT8 needs representative images: pass --calib DIR (e.g. "
                           "../shared/datasets/calib_urban100_001-010)")
     engine_backend = _resolve_backend(cfg.backend)  # fails fast when TensorRT is asked for and missing
+    if engine_backend == "tensorrt":
+        from lipt_export.engines.shapes import parse_profile
+
+        parse_profile(cfg.engine_options.get("shapes", ""), cfg.engine_options.get("batch", "1:1:1"))
     sw = Stopwatch(log)
     out_root.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(out_root)))
@@ -162,7 +166,10 @@ def run_export(cfg: ExportConfig, log: Callable[[str], None] = _default_log) -> 
                    "native_rgb_range": spec.rgb_range, "weights": weights_info,
                    "reparam_rel_l2_fp64": reparam_err},
             io=mf.io_contract(cfg.scale, size_multiple=m, min_size=spec.min_size,
-                              recommended_tile=spec.recommended_tile, tile_required=spec.tile_required),
+                              recommended_tile=spec.recommended_tile, tile_required=spec.tile_required,
+                              # windowed models see several windows away: 8 windows of overlap keeps tiled
+                              # output at fp32-noise level (docs/benchmarks.md, tiled upscaling)
+                              tile_overlap=max(16, 8 * m) if m > 1 else 16),
             export={"opset": info.opset, "exporter": info.exporter, "simplifier": simp})
         mf.embed_onnx_metadata(fp32_path, manifest)
         artifacts: List[Tuple[Path, str, Dict[str, Any]]] = [(fp32_path, "fp32", {})]
