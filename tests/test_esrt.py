@@ -173,18 +173,24 @@ def test_onnx_parity_one_dynamic_file(cli_export):
     assert par.finite and par.rel_l2 <= 1e-5, par
 
 
-def _manual_tiled_reference(model, lr, scale, spans_w, overlap=16, blend=0.25):
-    """Reference tiling written out by hand: full-height tiles at the given column spans, each run eagerly,
-    joined by a linear ramp of blend x overlap LR pixels centred mid-overlap (the documented scheme)."""
-    with torch.no_grad():
-        tiles = [model(torch.from_numpy(np.ascontiguousarray(lr[:, :, :, a:b]))).numpy() for a, b in spans_w]
-    (a0, b0), (a1, b1) = spans_w
-    centre, half = (a1 + b0) / 2, blend * (b0 - a1) / 2
-    x = (np.arange(scale * lr.shape[3]) + 0.5) / scale  # output pixel centres in LR units
-    w1 = np.clip((x - (centre - half)) / (2 * half), 0, 1)
+def _manual_tiled_reference(model, lr, scale, plan, max_tile):
+    """Reference assembly written out here: each planned tile is gathered from its source row/column ranges
+    (stacking order), run eagerly, weighted and added at its output pixels. Also checks the plan itself:
+    tiles no larger than ``max_tile`` and weights summing to 1 at every output pixel."""
     out = np.zeros((1, 3, scale * lr.shape[2], scale * lr.shape[3]), np.float64)
-    out[..., scale * a0:scale * b0] += tiles[0] * (1 - w1[scale * a0:scale * b0])
-    out[..., scale * a1:scale * b1] += tiles[1] * w1[scale * a1:scale * b1]
+    cover = np.zeros(out.shape[2:], np.float64)
+    for t in plan:
+        rows = np.concatenate([np.arange(a, b) for a, b in t.rows])
+        cols = np.concatenate([np.arange(a, b) for a, b in t.cols])
+        assert len(rows) <= max_tile and len(cols) <= max_tile
+        with torch.no_grad():
+            y = model(torch.from_numpy(np.ascontiguousarray(lr[:, :, rows][:, :, :, cols]))).numpy()
+        out_rows = (rows[:, None] * scale + np.arange(scale)).ravel()
+        out_cols = (cols[:, None] * scale + np.arange(scale)).ravel()
+        weight = np.outer(t.wy, t.wx)
+        out[:, :, out_rows[:, None], out_cols[None, :]] += y * weight
+        cover[out_rows[:, None], out_cols[None, :]] += weight
+    assert np.allclose(cover, 1.0, atol=1e-6)
     return out
 
 
@@ -194,12 +200,14 @@ def test_runtime_tiles_by_default_and_matches_manual_tiling(cli_export):
 
     runner = load_runner(cli_export, backend="onnxruntime", threads=2)
     assert isinstance(runner, TiledRunner) and runner.tile == 64 and runner.overlap == 16
-    lr = natural_inputs([(64, 112)], seed=21)[0]
+    lr = natural_inputs([(80, 112)], seed=21)[0]  # several tiles along both axes
+    plan = runner.plan(80, 112)
+    assert len(plan) >= 4
     got = runner.infer(lr)
-    # 112 columns, tiles of 64 overlapping by >= 16 with the last tile ending at the border: [0, 64), [48, 112)
-    ref = _manual_tiled_reference(UnitRangeIO(_model(scale=4, seed=0), 1.0).eval(), lr, 4, [(0, 64), (48, 112)])
+    eager = UnitRangeIO(_model(scale=4, seed=0), 1.0).eval()
+    ref = _manual_tiled_reference(eager, lr, 4, plan, max_tile=64)
     assert rel_l2(got, ref) <= 1e-5
     # tiling is not a no-op for ESRT (attention spans a quarter of whatever it is given)
     with torch.no_grad():
-        whole = _model(scale=4, seed=0)(torch.from_numpy(lr)).numpy()
+        whole = eager(torch.from_numpy(lr)).numpy()
     assert rel_l2(whole, ref) > 1e-4
