@@ -41,11 +41,7 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPS
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if dynamo:
-            h, w = torch.export.Dim("height", min=2), torch.export.Dim("width", min=2)
-            prog = torch.onnx.export(module, (sample,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                     opset_version=opset, dynamo=True, external_data=False,
-                                     dynamic_shapes={"lr": {2: h, 3: w}})
-            prog.save(str(path))
+            _export_dynamo(module, sample, path, opset)
         else:
             buf = io.BytesIO()
             torch.onnx.export(module, (sample,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -61,6 +57,26 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPS
     probe_dynamic(path, sample_hw, (out_hw[0] / sample_hw[0], out_hw[1] / sample_hw[1]))
     return OnnxExportInfo(exporter="torch.onnx (dynamo)" if dynamo else "torch.onnx (torchscript)",
                           opset=opset, sample_shape=tuple(sample.shape))
+
+
+def _export_dynamo(module: nn.Module, sample: torch.Tensor, path: Path, opset: int) -> None:
+    """The torch.export-based exporter (optional: needs the `dynamo` extra). Kept for comparison; on
+    torch 2.13 it fails to translate LIPT's graph, and it has open SR bugs (PixelUnshuffle order)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ExportError("--dynamo needs onnxscript: pip install -c constraints.txt -e '.[dynamo]' "
+                          "(or use the default TorchScript exporter)")
+    h, w = torch.export.Dim("height", min=2), torch.export.Dim("width", min=2)
+    try:
+        prog = torch.onnx.export(module, (sample,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                 opset_version=opset, dynamo=True, external_data=False,
+                                 dynamic_shapes={"lr": {2: h, 3: w}}, verbose=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"the dynamo exporter failed ({first[:150]}); use the default TorchScript "
+                          f"exporter (--torchscript)") from None
+    prog.save(str(path))
 
 
 def probe_dynamic(path: str | Path, sample_hw: Tuple[int, int], ratio: Tuple[float, float]) -> None:
