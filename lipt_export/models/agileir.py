@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -323,6 +323,3 @@ register(ModelSpec(
                          "this implementation uses the attention output and applies the mask"},
 ))
 
-
-def config_summary(variants: Sequence[str] = tuple(VARIANTS)) -> Dict[str, Dict[str, object]]:
-    return {v: VARIANTS[v].__dict__ for v in variants}
