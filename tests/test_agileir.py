@@ -14,7 +14,6 @@ import copy
 import json
 import os
 
-import numpy as np
 import onnx
 import pytest
 import torch
