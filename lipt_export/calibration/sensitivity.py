@@ -27,8 +27,26 @@ from onnx import TensorProto, helper
 SELECTOR = "lipt_qsel"
 
 
-def build_switch_model(qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
-    """The switch model described in the module docstring; ``nodes`` fixes the order of ``qsel``."""
+MAX_UNITS = 128  # beyond this many quantized nodes, contiguous groups of nodes are measured together
+GROUPS = 32
+
+
+def make_units(nodes: Sequence[str]) -> List[List[str]]:
+    """Measurement units: single nodes, or (for big graphs such as AgileIR's ~1000 quantized nodes)
+    contiguous runs of nodes in graph order, i.e. roughly one block each."""
+    if len(nodes) <= MAX_UNITS:
+        return [[n] for n in nodes]
+    size = math.ceil(len(nodes) / GROUPS)
+    return [list(nodes[i:i + size]) for i in range(0, len(nodes), size)]
+
+
+def unit_label(unit: Sequence[str]) -> str:
+    return unit[0] if len(unit) == 1 else f"{unit[0]} .. {unit[-1]} ({len(unit)} nodes)"
+
+
+def build_switch_model(qdq: onnx.ModelProto, fp32: onnx.ModelProto, units: Sequence[Sequence[str]]
+                       ) -> onnx.ModelProto:
+    """The switch model described in the module docstring; ``qsel[u]`` switches every node of unit u."""
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
     graph = model.graph
@@ -36,15 +54,20 @@ def build_switch_model(qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Seque
     fp32_nodes = {n.name: n for n in fp32.graph.node}
     fp32_inits = {i.name: i for i in fp32.graph.initializer}
     have_inits = {i.name for i in graph.initializer}
-    index = {name: k for k, name in enumerate(nodes)}
+    index = {name: k for k, unit in enumerate(units) for name in unit}
+    n_units = len(units)
     extra: List[onnx.NodeProto] = []
+    conds: set = set()
     for node in graph.node:
         k = index.get(node.name)
         if k is None:
             continue
         cond = f"{SELECTOR}_{k}"
-        extra.append(helper.make_node("Gather", [SELECTOR, f"{SELECTOR}_idx_{k}"], [cond], name=f"{cond}_gather"))
-        graph.initializer.append(onnx.numpy_helper.from_array(np.array(k, np.int64), f"{SELECTOR}_idx_{k}"))
+        if cond not in conds:  # one Gather per unit, shared by its nodes
+            conds.add(cond)
+            extra.append(helper.make_node("Gather", [SELECTOR, f"{SELECTOR}_idx_{k}"], [cond],
+                                          name=f"{cond}_gather"))
+            graph.initializer.append(onnx.numpy_helper.from_array(np.array(k, np.int64), f"{SELECTOR}_idx_{k}"))
         for slot, name in enumerate(node.input):
             dq = producer.get(name)
             if dq is None or dq.op_type != "DequantizeLinear":
@@ -57,10 +80,10 @@ def build_switch_model(qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Seque
                 if float_src not in have_inits:
                     graph.initializer.append(fp32_inits[float_src])
                     have_inits.add(float_src)
-            switched = f"{name}_{SELECTOR}_{k}"
+            switched = f"{name}_{SELECTOR}_{node.name}"
             extra.append(helper.make_node("Where", [cond, name, float_src], [switched], name=f"{switched}_where"))
             node.input[slot] = switched
-    graph.input.append(helper.make_tensor_value_info(SELECTOR, TensorProto.BOOL, [len(nodes)]))
+    graph.input.append(helper.make_tensor_value_info(SELECTOR, TensorProto.BOOL, [n_units]))
     # Where/Gather nodes must precede their consumers: put each right before the node it feeds.
     feeds: Dict[str, List[onnx.NodeProto]] = {}
     for e in extra:
@@ -88,11 +111,11 @@ def build_switch_model(qdq: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Seque
 
 
 class SwitchRunner:
-    def __init__(self, model: onnx.ModelProto, n_nodes: int):
+    def __init__(self, model: onnx.ModelProto, n_units: int):
         from lipt_export.calibration.activations import session
 
         self.session = session(model)
-        self.n = n_nodes
+        self.n = n_units
         self.input_name = next(i.name for i in self.session.get_inputs() if i.name != SELECTOR)
         self.output_name = self.session.get_outputs()[0].name
 
@@ -103,48 +126,52 @@ class SwitchRunner:
 
 @dataclass
 class SearchResult:
-    order: List[str]  # nodes by measured sensitivity, most sensitive first
-    output_mse: Dict[str, float]  # node -> output MSE vs FP32 with only it quantized
-    kept_float: List[str]
+    order: List[int]  # unit indices by measured sensitivity, most sensitive first
+    output_mse: List[float]  # per unit: output MSE vs FP32 with only that unit quantized
+    kept_units: int  # the first ``kept_units`` of ``order`` stay in float
     drop_all: float
     drop: float
-    evaluations: List[Tuple[int, float]] = field(default_factory=list)  # (nodes kept in float, drop)
+    evaluations: List[Tuple[int, float]] = field(default_factory=list)  # (units kept in float, drop)
+
+    def passing(self, budget: float) -> List[int]:
+        return sorted(k for k, d in self.evaluations if d <= budget)
 
 
-def measure_sensitivity(runner: SwitchRunner, nodes: Sequence[str], inputs: Sequence[np.ndarray],
-                        references: Sequence[np.ndarray], progress: bool = True) -> Dict[str, float]:
-    """Output MSE (RGB, [0,1] units) versus FP32 with only one node quantized, per node."""
-    iterator = range(len(nodes))
+def measure_sensitivity(runner: SwitchRunner, n_units: int, inputs: Sequence[np.ndarray],
+                        references: Sequence[np.ndarray], progress: bool = True) -> List[float]:
+    """Output MSE (RGB, [0,1] units) versus FP32 with only one unit quantized, per unit."""
+    iterator = range(n_units)
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(iterator, desc="int8 sensitivity", unit="node", leave=False)
-    mse: Dict[str, float] = {}
+    mse: List[float] = []
     for k in iterator:
-        sel = np.zeros(len(nodes), bool)
+        sel = np.zeros(n_units, bool)
         sel[k] = True
         errs = [float(np.mean((runner.infer(x, sel).astype(np.float64) - r) ** 2)) for x, r in zip(inputs, references)]
-        mse[nodes[k]] = float(np.mean(errs))
+        mse.append(float(np.mean(errs)))
     return mse
 
 
-def search_fallback(drop_of: Callable[[Sequence[str]], float], order: Sequence[str], output_mse: Dict[str, float],
-                    budget: float, cap: int, log: Callable[[str], None], max_evals: int = 8) -> SearchResult:
-    """Shortest prefix of ``order`` to keep in float so that ``drop_of(prefix) <= budget`` (see docstring)."""
+def search_fallback(drop_of: Callable[[int], float], output_mse: Sequence[float], budget: float, cap: int,
+                    log: Callable[[str], None], max_evals: int = 8) -> SearchResult:
+    """Shortest prefix (in units, most sensitive first) to keep in float so that ``drop_of(k) <= budget``."""
+    order = sorted(range(len(output_mse)), key=lambda u: -output_mse[u])
     evals: List[Tuple[int, float]] = []
 
     def measure(k: int) -> float:
-        d = drop_of(list(order[:k]))
+        d = drop_of(k)
         evals.append((k, d))
-        log(f"[int8] {k} node(s) in float -> held-out PSNR-Y drop {d:.3f} dB (budget {budget:.3f})")
+        log(f"[int8] {k} unit(s) in float -> held-out PSNR-Y drop {d:.3f} dB (budget {budget:.3f})")
         return d
 
     drop_all = measure(0)
-    result = SearchResult(list(order), dict(output_mse), [], drop_all, drop_all, evals)
+    result = SearchResult(order, list(output_mse), 0, drop_all, drop_all, evals)
     if drop_all <= budget or cap <= 0:
         return result
     # Additive model: drop(k) = 10 log10(1 + c * remaining_mse(k)), c fitted so that drop(0) is exact.
-    total = sum(output_mse[n] for n in order)
+    total = sum(output_mse)
     c = (10 ** (drop_all / 10) - 1) / max(total, 1e-30)
     remaining = total
     k_pred = cap
@@ -159,12 +186,12 @@ def search_fallback(drop_of: Callable[[Sequence[str]], float], order: Sequence[s
         d = measure(k)
         if d <= budget:
             hi = k
-            result.kept_float, result.drop = list(order[:k]), d
+            result.kept_units, result.drop = k, d
         else:
             lo = k
         if hi is None:
             if k >= cap:
-                result.kept_float, result.drop = list(order[:k]), d
+                result.kept_units, result.drop = k, d
                 break
             k = min(cap, max(k + 1, 2 * k))
         elif hi - lo <= 1:

@@ -31,7 +31,7 @@ import onnx
 from lipt_export.calibration.data import load_calibration_set, psnr_y
 from lipt_export.calibration.ranges import graph_sha256, load_or_collect, ort_method, write_cache, write_ort_cache
 from lipt_export.calibration.sensitivity import (SearchResult, SwitchRunner, build_search_inputs, build_switch_model,
-                                                 measure_sensitivity, search_fallback)
+                                                 make_units, measure_sensitivity, search_fallback, unit_label)
 
 QUANT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 CALIBRATOR_OPTIONS = {"symmetric": True}
@@ -39,7 +39,9 @@ SENSITIVITY_TABLE = 12
 
 
 def quantizer_options() -> Dict[str, object]:
-    return {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+    # MinimumRealRange: a tensor that is constant zero on the calibration data would get scale 0, which
+    # TensorRT rejects ("Scale coefficients must all be positive").
+    return {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "MinimumRealRange": 1e-4,
             "OpTypesToExcludeOutputQuantization": list(QUANT_OP_TYPES)}
 
 
@@ -77,14 +79,20 @@ def quantized_nodes(qdq_model: onnx.ModelProto) -> List[onnx.NodeProto]:
     return [n for n in qdq_model.graph.node if n.op_type in QUANT_OP_TYPES and any(i in dq_out for i in n.input)]
 
 
-def restore_float_consumers(model: onnx.ModelProto, exclude: Sequence[str] = ()) -> int:
+def restore_float_consumers(model: onnx.ModelProto, exclude: Sequence[str] = (),
+                            fp32: Optional[onnx.ModelProto] = None) -> int:
     """ORT hands the dequantized tensor to *every* consumer of a quantized tensor, so residual Adds, concats
     and the like silently read INT8-rounded values. Give every consumer that is not a quantized weighted
     layer the original float tensor back (Q/DQ stay only in front of Conv/MatMul/...), and drop Q/DQ pairs
-    nobody reads any more. Returns the number of inputs rewired."""
+    nobody reads any more. Nodes in ``exclude`` are treated the same way; their INT8 weights are swapped
+    back for the FP32 weights of ``fp32`` (the same graph before quantization), which is how a node is
+    kept in float without re-running the quantizer. Returns the number of inputs rewired."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
     excluded = set(exclude)
+    fp32_nodes = {n.name: n for n in fp32.graph.node} if fp32 is not None else {}
+    fp32_inits = {i.name: i for i in fp32.graph.initializer} if fp32 is not None else {}
+    have = {i.name for i in graph.initializer}
     rewired = 0
     for node in graph.node:
         if node.op_type in QUANT_OP_TYPES and node.name not in excluded:
@@ -99,6 +107,14 @@ def restore_float_consumers(model: onnx.ModelProto, exclude: Sequence[str] = ())
             if q is not None and q.op_type == "QuantizeLinear":
                 node.input[k] = q.input[0]
                 rewired += 1
+            elif node.name in fp32_nodes and k < len(fp32_nodes[node.name].input):
+                weight = fp32_nodes[node.name].input[k]
+                if weight in fp32_inits:
+                    if weight not in have:
+                        graph.initializer.append(fp32_inits[weight])
+                        have.add(weight)
+                    node.input[k] = weight
+                    rewired += 1
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     while True:  # drop DQ then Q nodes whose outputs are no longer read
         dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
@@ -148,6 +164,25 @@ class Quantizer:
         return out
 
 
+def nodes_without_finite_range(model: onnx.ModelProto, ranges) -> List[str]:
+    """Weighted nodes with an activation input whose calibrated range is missing or not finite (e.g. an
+    empty stripe at the calibration size, or a -inf attention mask): they cannot be quantized."""
+    inits = {i.name for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in QUANT_OP_TYPES:
+            continue
+        for name in node.input[:2]:
+            if not name or name in inits:
+                continue
+            td = ranges.data.get(name) if hasattr(ranges, "data") else None
+            rv = getattr(td, "range_value", None)
+            if rv is None or not all(np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in rv):
+                out.append(node.name)
+                break
+    return out
+
+
 def preprocess(src: Path, dst: Path) -> None:
     """ORT's quantization pre-processing without symbolic shape inference (it fails on dynamic H/W,
     environment.md section 6) and without graph optimisation (keeps node names stable)."""
@@ -162,35 +197,59 @@ def _db_vs_fp32(mse: float) -> float:
     return round(10.0 * float(np.log10(1.0 / max(mse, 1e-20))), 2)
 
 
-def sensitivity_and_fallback(q: "Quantizer", q_all: Path, pre: Path, held: HeldOut, budget: float,
-                             cap: Optional[int], tmp: Path, log: Callable[[str], None]
-                             ) -> Tuple[Dict[str, str], SearchResult, Dict[str, object]]:
-    """Measure each quantized node's output error alone (switch model), then search the float set with
-    real re-quantized models, so the figure found is the figure of the artifact."""
+def keep_in_float(q_all: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Sequence[str]) -> onnx.ModelProto:
+    """The fully quantized model with ``nodes`` switched back to float inputs and FP32 weights."""
+    model = onnx.ModelProto()
+    model.CopyFrom(q_all)
+    restore_float_consumers(model, nodes, fp32)
+    return model
+
+
+def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: float, cap: Optional[int],
+                             log: Callable[[str], None]) -> Tuple[Dict[str, str], List[List[str]], SearchResult,
+                                                                  Dict[str, object]]:
+    """Measure each unit's output error alone and search the float set, both on the switch model
+    (:mod:`lipt_export.calibration.sensitivity`)."""
     t0 = time.perf_counter()
     qdq = onnx.load(str(q_all))
     node_ops = {n.name: n.op_type for n in quantized_nodes(qdq)}
-    nodes = list(node_ops)
-    switch = SwitchRunner(build_switch_model(qdq, onnx.load(str(pre)), nodes), len(nodes))
-    crops = build_search_inputs(held.lr)
+    units = make_units(list(node_ops))
+    cap = cap if cap is not None else max(1, len(node_ops) // 2)
+    if len(units) < len(node_ops):
+        # Big graph (grouped units): the switch model is slow to build, so skip it when the fully
+        # quantized artifact already meets the budget.
+        drop_all = held.drop(q_all)
+        if drop_all <= budget:
+            log(f"[int8] all {len(node_ops)} nodes INT8: held-out PSNR-Y drop {drop_all:.3f} dB, within budget; "
+                f"per-unit sensitivity skipped")
+            result = SearchResult(list(range(len(units))), [float("nan")] * len(units), 0, drop_all, drop_all,
+                                  [(0, drop_all)])
+            return node_ops, units, result, {"units": len(units), "nodes_per_unit": len(units[0]),
+                                             "sensitivity": "skipped (big graph already within budget)",
+                                             "fallback_cap_nodes": cap, "fallback_cap_units": 0,
+                                             "seconds": round(time.perf_counter() - t0, 2)}
+    switch = SwitchRunner(build_switch_model(qdq, onnx.load(str(pre)), units), len(units))
+    crops = build_search_inputs(held.lr, n=2 if len(units) == len(node_ops) else 1)
     refs = [held.fp32_output(x).astype(np.float64) for x in crops]
-    mse = measure_sensitivity(switch, nodes, crops, refs)
-    order = sorted(nodes, key=lambda n: -mse[n])
-    del switch
-    cache: Dict[int, float] = {0: held.drop(q_all)}
+    mse = measure_sensitivity(switch, len(units), crops, refs)
+    order = sorted(range(len(units)), key=lambda u: -mse[u])
+    fp32_mean = float(np.mean(held.fp32_psnr))
 
-    def drop_of(float_nodes: Sequence[str]) -> float:
-        if len(float_nodes) not in cache:
-            cache[len(float_nodes)] = held.drop(q.build(float_nodes, tmp / "candidate.int8.onnx"))
-        return cache[len(float_nodes)]
+    def drop_of(k: int) -> float:
+        sel = np.ones(len(units), bool)
+        sel[order[:k]] = False
+        return fp32_mean - float(np.mean([psnr_y(switch.infer(x, sel), y, held.shave)
+                                          for x, y in zip(held.lr, held.hr)]))
 
-    cap = cap if cap is not None else max(1, len(nodes) // 2)
-    result = search_fallback(drop_of, order, mse, budget, cap, log)
-    stats = {"measured_nodes": len(nodes), "search_crops": [list(c.shape[2:]) for c in crops],
-             "fallback_cap": cap, "search_evaluations": [{"nodes_in_float": k, "drop_db": round(d, 4)}
-                                                         for k, d in result.evaluations],
+    cap_units = max(0, min(len(units), cap if len(units) == len(node_ops) else
+                           int(cap * len(units) / max(len(node_ops), 1))))
+    result = search_fallback(drop_of, mse, budget, cap_units, log)
+    stats = {"units": len(units), "nodes_per_unit": max(len(u) for u in units) if units else 0,
+             "search_crops": [list(c.shape[2:]) for c in crops], "fallback_cap_nodes": cap,
+             "fallback_cap_units": cap_units,
+             "search_evaluations": [{"units_in_float": k, "drop_db": round(d, 4)} for k, d in result.evaluations],
              "seconds": round(time.perf_counter() - t0, 2)}
-    return node_ops, result, stats
+    return node_ops, units, result, stats
 
 
 def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool = False, count: int = 32,
@@ -214,23 +273,41 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
         ort_cache = tmp / "ranges.ort.json"
         write_ort_cache(ort_cache, ranges)
         q = Quantizer(pre, ort_cache, method)
-        q_all = q.build([], tmp / "all.int8.onnx")
+        unquantizable = nodes_without_finite_range(onnx.load(str(pre)), ranges)
+        if unquantizable:
+            log(f"[int8] {len(unquantizable)} node(s) have no finite calibrated input range and stay float: "
+                + ", ".join(unquantizable[:4]) + (" ..." if len(unquantizable) > 4 else ""))
+        q_all = q.build(unquantizable, tmp / "all.int8.onnx")
         held = HeldOut(lr=data.heldout_lr, hr=data.heldout_hr, shave=scale, fp32_path=src)
         held.fp32_psnr = held.psnr(src)
-        node_ops, search, stats = sensitivity_and_fallback(q, q_all, pre, held, max_psnr_drop, max_fallback, tmp,
-                                                           log)
-        kept = search.kept_float
-        q.build(kept, dst)
-        drop = search.drop  # measured on this very model (the build is deterministic)
+        node_ops, units, search, stats = sensitivity_and_fallback(q_all, pre, held, max_psnr_drop, max_fallback, log)
+        q_model, pre_model = onnx.load(str(q_all)), onnx.load(str(pre))
+        # The switch model computes Q/DQ unfused; the artifact is what the budget is about, so it is
+        # re-measured, and the float set grows (next passing search point, else +50 %) if it misses.
+        k = search.kept_units
+        tries = [k] + [p for p in search.passing(max_psnr_drop) if p > k][:1]
+        tries.append(min(stats["fallback_cap_units"], max(k + 1, (3 * k + 1) // 2)))
+        verified: List[Tuple[int, float]] = []
+        for k in dict.fromkeys(tries):
+            kept = [n for u in search.order[:k] for n in units[u]]
+            onnx.save(keep_in_float(q_model, pre_model, kept), str(dst))
+            drop = held.drop(dst)
+            verified.append((k, drop))
+            if drop <= max_psnr_drop or search.drop > max_psnr_drop:
+                break
+            log(f"[int8] artifact drop {drop:.3f} dB > budget with {len(kept)} node(s) in float; widening")
+        stats["artifact_checks"] = [{"units_in_float": k, "drop_db": round(d, 4)} for k, d in verified]
         sidecar = dst.with_name(dst.name.replace(".onnx", "") + ".calib.json")
         write_cache(sidecar, ranges, key)
     drop_all = search.drop_all
-    table = [{"node": n, "op": node_ops[n], "output_psnr_db_alone": _db_vs_fp32(search.output_mse[n]),
-              "kept_float": n in kept} for n in search.order[:SENSITIVITY_TABLE]]
+    mse_by_unit = dict(enumerate(search.output_mse))
+    table = [{"node": unit_label(units[u]), "op": "/".join(sorted({node_ops[n] for n in units[u]})),
+              "output_psnr_db_alone": _db_vs_fp32(mse_by_unit[u]), "kept_float": units[u][0] in kept}
+             for u in search.order[:SENSITIVITY_TABLE] if np.isfinite(mse_by_unit[u])]
     budget_met = drop <= max_psnr_drop
     if not budget_met:
         log(f"[int8] WARNING: held-out PSNR-Y drop {drop:.3f} dB exceeds the budget {max_psnr_drop:.3f} dB with "
-            f"{len(kept)} node(s) in float (cap {stats['fallback_cap']}); the INT8 artifact is written anyway")
+            f"{len(kept)} node(s) in float (cap {stats['fallback_cap_nodes']}); the INT8 artifact is written anyway")
     else:
         log(f"[int8] {len(kept)} of {len(node_ops)} node(s) kept in float; held-out PSNR-Y drop {drop:.3f} dB "
             f"(budget {max_psnr_drop:.3f} dB)")
@@ -244,9 +321,11 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
         "cache": "hit" if hit else "miss",
         "quantized_nodes": len(quantized_nodes(final_q)), "quantizable_nodes": len(node_ops),
         "nodes_in_float": [{"node": n, "op": node_ops[n]} for n in kept],
+        "nodes_without_range": unquantizable,
         "sensitivity_top": table,
         "heldout_psnr_y_fp32": round(float(np.mean(held.fp32_psnr)), 4),
         "psnr_drop_all_int8_db": round(drop_all, 4), "psnr_drop_db": round(drop, 4),
+        "psnr_drop_search_db": round(search.drop, 4),
         "max_psnr_drop_db": max_psnr_drop, "budget_met": budget_met, "search": stats,
     }}
 
