@@ -229,7 +229,7 @@ def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: floa
                                              "fallback_cap_nodes": cap, "fallback_cap_units": 0,
                                              "seconds": round(time.perf_counter() - t0, 2)}
     switch = SwitchRunner(build_switch_model(qdq, onnx.load(str(pre)), units), len(units))
-    crops = build_search_inputs(held.lr, n=2 if len(units) == len(node_ops) else 1)
+    crops = build_search_inputs(held.lr, n=4 if len(units) == len(node_ops) else 1, crop=64)
     refs = [held.fp32_output(x).astype(np.float64) for x in crops]
     mse = measure_sensitivity(switch, len(units), crops, refs)
     order = sorted(range(len(units)), key=lambda u: -mse[u])
