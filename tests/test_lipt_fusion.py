@@ -17,16 +17,6 @@ from lipt_export.models.reparam import is_deploy, reparameterize_model
 TOL = 1e-9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The shared 2-core box is oversubscribed; OpenMP spin-waiting then makes the many small ops of the
-    training graph 10-100x slower with 2 threads than with 1 (measured). One thread: fast and stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 

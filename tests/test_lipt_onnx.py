@@ -26,16 +26,6 @@ from lipt_export.validation import compare, natural_inputs
 SIZES = [(32, 32), (37, 51)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The shared 2-core box is oversubscribed; OpenMP spin-waiting then makes the many small ops of the
-    training graph 10-100x slower with 2 threads than with 1 (measured). One thread: fast and stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     train = init_lipt_for_tests(build_lipt("tiny", 2).eval(), seed=0)

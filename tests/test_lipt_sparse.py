@@ -19,16 +19,6 @@ OFFICIAL_MASKS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The shared 2-core box is oversubscribed; OpenMP spin-waiting then makes the many small ops of the
-    training graph 10-100x slower with 2 threads than with 1 (measured). One thread: fast and stable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def official_pi(x: torch.Tensor, ws: int) -> torch.Tensor:
     mask = torch.tensor(OFFICIAL_MASKS[ws], dtype=torch.bool)
     xp = torch.nn.functional.pad(x, (0, ws, 0, ws))
