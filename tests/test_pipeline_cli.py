@@ -184,3 +184,13 @@ def test_help_lists_models_variants_scales():
         spec = get_spec(spec_name)
         line = next(ln for ln in res.output.splitlines() if ln.strip().startswith(f"{spec_name} "))
         assert all(v in line for v in spec.variants) and all(f"x{s}" in line for s in spec.scales)
+
+
+def test_bench_command_times_every_artifact(exported, tmp_path):
+    out_dir, _ = exported
+    js = tmp_path / "bench.json"
+    res = _invoke(["bench", str(out_dir), "--size", "32x40", "--runs", "2", "--warmup", "1", "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(js.read_text())
+    assert data["size"] == [32, 40] and [Path(r["artifact"]).name for r in data["results"]] == ["model.onnx"]
+    assert all(r["median_ms"] > 0 for r in data["results"]) and "median ms" in res.output
