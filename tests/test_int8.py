@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 from lipt_export.calibration.data import CalibrationDataError, load_calibration_set

@@ -195,6 +195,11 @@ def _is_finite(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> bool:
     return all(np.isfinite(obs.run(x, only={out})[out]).all() for x in inputs)
 
 
+def _json_number(value: float) -> object:
+    """JSON has no inf/NaN: non-finite peaks are reported as strings."""
+    return float(value) if np.isfinite(value) else str(value)
+
+
 def convert_fp16(src: Path, dst: Path, *, calib_inputs: List[np.ndarray], keep_io_fp32: bool = True,
                  log: Callable[[str], None] = print, guard: bool = True,
                  safety_fraction: float = DEFAULT_SAFETY_FRACTION,
@@ -252,5 +257,5 @@ def convert_fp16(src: Path, dst: Path, *, calib_inputs: List[np.ndarray], keep_i
         "fp16_guard": {"enabled": guard, "limit": limit, "safety_fraction": safety_fraction,
                        "softmax_logit_limit": softmax_logit_limit, "calibration_inputs": len(calib_inputs),
                        "input_sizes": [list(s) for s in sizes], "repair_rounds": repairs,
-                       "peak_max_abs": (max(peaks.values()) if peaks else None)},
+                       "peak_max_abs": _json_number(max(peaks.values())) if peaks else None},
     }
