@@ -1,8 +1,8 @@
 """LIPT precision acceptance with the LIPT-tiny x2 checkpoint trained by benchmarks/train_lipt_tiny.py.
 
-The checkpoint (benchmarks/results/lipt_tiny_x2.pt) is git-ignored and takes ~5 CPU minutes to train, so
-this module skips when it is absent (run ``.venv/bin/python benchmarks/train_lipt_tiny.py --minutes 5
---out benchmarks/results/lipt_tiny_x2.pt`` first); ../shared is needed too (calibration images, Set5).
+The checkpoint (benchmarks/results/lipt_tiny_x2.pt) is git-ignored and takes ~5 CPU minutes to train
+(``.venv/bin/python benchmarks/train_lipt_tiny.py --minutes 5``); without it (fresh clone, CI) the module
+uses LIPT's calibrated ``init_for_tests`` weights instead. ../shared is needed (calibration images, Set5).
 Trained weights matter: with random init LIPT's unscaled q.q^T softmax is near-argmax and any precision
 comparison measures chaos, not the conversion.
 
@@ -27,8 +27,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared]
 @pytest.fixture(scope="module")
 def lipt_artifacts(tmp_path_factory):
     root = shared_dir()
-    if not CHECKPOINT.is_file():
-        pytest.skip(f"{CHECKPOINT} is absent (git-ignored): train it with benchmarks/train_lipt_tiny.py")
+    # The trained checkpoint when present (the documented figures); otherwise (a fresh clone, CI) LIPT's
+    # calibrated test init, whose attention logits are moderate too, so the comparison is still meaningful.
+    weights = str(CHECKPOINT) if CHECKPOINT.is_file() else None
     if root is None or not (root / "datasets" / "Set5" / "LR_bicubic" / "X2").is_dir():
         pytest.skip("../shared (Set5 X2, calibration images) is absent")
     from lipt_export.export.fp16 import convert_fp16
@@ -41,7 +42,7 @@ def lipt_artifacts(tmp_path_factory):
     from lipt_export.validation import natural_inputs
 
     spec = get_spec("lipt")
-    _, deploy, _ = prepare_model(spec, "tiny", 2, str(CHECKPOINT), seed=0)
+    _, deploy, _ = prepare_model(spec, "tiny", 2, weights, seed=0)
     d = tmp_path_factory.mktemp("lipt_precision")
     calib = root / "datasets" / "calib_urban100_001-010"
     export_onnx(UnitRangeIO(deploy, spec.rgb_range).eval(), d / "raw.onnx", sample_hw=(64, 64))
