@@ -26,15 +26,18 @@ from lipt_export.runners import OnnxRuntimeRunner, TorchRunner  # noqa: E402
 from lipt_export.validation import natural_inputs  # noqa: E402
 
 
-def median_ms(fn, x, runs: int, warmup: int = 2) -> float:
+def interleaved_medians(runners, x, runs: int, warmup: int = 2) -> dict:
+    """Median ms per runner; runners take turns in every round so machine drift hits all of them alike."""
     for _ in range(warmup):
-        fn(x)
-    times = []
+        for r in runners:
+            r.infer(x)
+    times = {r.name: [] for r in runners}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for r in runners:
+            t0 = time.perf_counter()
+            r.infer(x)
+            times[r.name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -65,12 +68,12 @@ def main() -> None:
         if args.fp16:
             runners.append(OnnxRuntimeRunner(res.out_dir / "model.fp16.onnx", name="ORT fp16",
                                              threads=args.threads))
-        latency = {r.name: median_ms(r.infer, x, args.runs) for r in runners}
+        latency = interleaved_medians(runners, x, args.runs)
 
     base = latency["eager train graph"]
     rows = [[name, f"{ms:.1f}", f"{base / ms:.2f}x"] for name, ms in latency.items()]
     print(f"\n{args.model}-{variant} x{args.scale}, LR {args.size}x{args.size}, {args.threads} threads, "
-          f"median of {args.runs} runs after 2 warm-ups")
+          f"median of {args.runs} interleaved rounds after 2 warm-ups")
     print(format_table(("runner", "median ms", "speed-up vs train graph"), rows))
     print(f"\ndeploy vs train graph: {base / latency['eager deploy graph']:.2f}x;  ORT fp32 vs eager deploy: "
           f"{latency['eager deploy graph'] / latency['ORT fp32']:.2f}x")

@@ -97,6 +97,8 @@ class NVSMAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, prev_atns: Optional[List[torch.Tensor]] = None
                 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        if self.window_sizes[0] == self.window_sizes[1]:
+            return self._forward_shared_windows(x, prev_atns)
         b, _, h, w = x.shape
         xs = torch.split(self.project_inp(x), self.split, dim=1)
         ys, atns = [], []
@@ -120,6 +122,32 @@ class NVSMAttention(nn.Module):
             ys.append(y)
         out = self.project_out(torch.cat(ys, dim=1))
         return out, (atns if prev_atns is None else prev_atns)
+
+    def _forward_shared_windows(self, x: torch.Tensor, prev_atns: Optional[List[torch.Tensor]]
+                                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Same function as the per-branch loop, with both branches rolled and windowed together: one
+        window partition and one reverse per unit instead of two each (6-D transposes are a large share of
+        ONNX Runtime's time on LIPT). Rolling commutes with the channel split; pi touches branch 1 only."""
+        b, _, h, w = x.shape
+        ws = self.window_sizes[0]
+        y = self.project_inp(x)
+        if self.shift:
+            y = torch.roll(y, shifts=(-(ws // 2), -(ws // 2)), dims=(2, 3))
+        dense, sparse = torch.split(y, self.split, dim=1)
+        if prev_atns is None:
+            sparse = sparse_resample(sparse, ws, self.sparse_offsets)
+        tokens = to_windows(torch.cat([dense, sparse], dim=1), ws)
+        if prev_atns is None:
+            q0, v0, q1, v1 = torch.split(tokens, self.split // 2, dim=-1)
+            atns = [torch.softmax(q @ q.transpose(-2, -1), dim=-1) for q in (q0, q1)]  # shared q/k, unscaled
+        else:
+            # sparse branch: values NOT re-sampled (official quirk)
+            v0, v1 = torch.split(tokens, self.split, dim=-1)
+            atns = prev_atns
+        out = from_windows(torch.cat([atns[0] @ v0, atns[1] @ v1], dim=-1), ws, b, h, w)
+        if self.shift:
+            out = torch.roll(out, shifts=(ws // 2, ws // 2), dims=(2, 3))
+        return self.project_out(out), atns
 
     @torch.no_grad()
     def reparameterize(self) -> None:
