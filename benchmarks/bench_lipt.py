@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -18,26 +17,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lipt_export.bench import interleaved_ms  # noqa: E402
 from lipt_export.export.pipeline import ExportConfig, format_table, run_export  # noqa: E402
 from lipt_export.models.io import UnitRangeIO  # noqa: E402
 from lipt_export.models.registry import build_model  # noqa: E402
 from lipt_export.models.reparam import reparameterize_model  # noqa: E402
 from lipt_export.runners import OnnxRuntimeRunner, TorchRunner  # noqa: E402
 from lipt_export.validation import natural_inputs  # noqa: E402
-
-
-def interleaved_medians(runners, x, runs: int, warmup: int = 2) -> dict:
-    """Median ms per runner; runners take turns in every round so machine drift hits all of them alike."""
-    for _ in range(warmup):
-        for r in runners:
-            r.infer(x)
-    times = {r.name: [] for r in runners}
-    for _ in range(runs):
-        for r in runners:
-            t0 = time.perf_counter()
-            r.infer(x)
-            times[r.name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -68,7 +54,7 @@ def main() -> None:
         if args.fp16:
             runners.append(OnnxRuntimeRunner(res.out_dir / "model.fp16.onnx", name="ORT fp16",
                                              threads=args.threads))
-        latency = interleaved_medians(runners, x, args.runs)
+        latency, _ = interleaved_ms(runners, x, args.runs)
 
     base = latency["eager train graph"]
     rows = [[name, f"{ms:.1f}", f"{base / ms:.2f}x"] for name, ms in latency.items()]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -22,27 +21,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lipt_export.bench import interleaved_ms  # noqa: E402
 from lipt_export.export.pipeline import ExportConfig, format_table, run_export  # noqa: E402
 from lipt_export.models.io import UnitRangeIO  # noqa: E402
 from lipt_export.models.registry import build_model  # noqa: E402
 from lipt_export.models.reparam import reparameterize_model  # noqa: E402
 from lipt_export.runners import OnnxRuntimeRunner, TorchRunner  # noqa: E402
 from lipt_export.validation import natural_inputs  # noqa: E402
-
-
-def interleaved_ms(runners, x, runs: int, warmup: int = 2):
-    """Median and min latency (ms) per runner. The runners take turns within every round, so load from other
-    processes on a shared machine hits all of them alike."""
-    for _ in range(warmup):
-        for r in runners:
-            r.infer(x)
-    times = {r.name: [] for r in runners}
-    for _ in range(runs):
-        for r in runners:
-            t0 = time.perf_counter()
-            r.infer(x)
-            times[r.name].append((time.perf_counter() - t0) * 1e3)
-    return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})
 
 
 def bench_one(model: str, variant: str, scale: int, size: int, runs: int, threads: int) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import click
 
@@ -31,6 +31,21 @@ def _expand(target: str) -> List[Path]:
         root = p if p.is_dir() else p.parent
         return [root / a["path"] for a in mf.read_manifest(root)["artifacts"]]
     return [p]
+
+
+def interleaved_ms(runners, x, runs: int, warmup: int = 2) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """(median ms, min ms) per runner name. The runners take turns within every round, so drift or load
+    from other processes on a shared machine hits all of them alike."""
+    for _ in range(warmup):
+        for r in runners:
+            r.infer(x)
+    times: Dict[str, List[float]] = {r.name: [] for r in runners}
+    for _ in range(runs):
+        for r in runners:
+            t0 = time.perf_counter()
+            r.infer(x)
+            times[r.name].append((time.perf_counter() - t0) * 1e3)
+    return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})
 
 
 @click.command("bench")
