@@ -20,6 +20,7 @@ import numpy as np
 from lipt_export.datasets import open_dataset
 from lipt_export.metrics import sr_scores, to_uint8
 from lipt_export.runners import Runner
+from lipt_export.serving import onnx_precision
 
 EVAL_HEADER = ("artifact", "precision", "PSNR-Y dB", "SSIM-Y", "ΔPSNR dB", "s/image")
 
@@ -195,7 +196,7 @@ def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optiona
             label = root.name
         elif path.suffix == ".onnx":
             man = mf.onnx_metadata(path)
-            entries = [(path, _onnx_precision(path))]
+            entries = [(path, onnx_precision(path))]
             label = path.parent.name
         else:
             raise EvalSetupError(f"cannot evaluate {path}: expected an export directory, manifest.json or .onnx")
@@ -215,13 +216,6 @@ def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optiona
                 info["tile"] = tiled
             targets.append(EvalTarget(runner, f"{label}/{onnx_path.name}", precision, "onnxruntime", info))
     return targets, notes
-
-
-def _onnx_precision(path: Path) -> str:
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return props.get("precision", "fp32")
 
 
 def _check_artifact_model(path: Path, man: Dict[str, Any], model: str, scale: int) -> None:

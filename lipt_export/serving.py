@@ -100,7 +100,7 @@ def open_artifact(path: str | os.PathLike, precision: Optional[str] = None, back
         if man is None:
             desc = mf.onnx_metadata(p)  # a lone ONNX file still describes itself
             man = desc or None
-        prec = (entry or {}).get("precision") or _onnx_precision(p)
+        prec = (entry or {}).get("precision") or onnx_precision(p)
         if precision and precision != prec:
             raise ArtifactError(f"{p.name} is a {prec} model, not {precision}")
         return Artifact(p, "onnx", prec, man, entry)
@@ -132,7 +132,8 @@ def _sidecar(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, A
     return man, entry
 
 
-def _onnx_precision(path: Path) -> str:
+def onnx_precision(path: Path) -> str:
+    """The precision an ONNX artifact declares in its metadata_props (fp32 when it declares none)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)

@@ -28,11 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipt_export.models.common import ConvBN, deterministic_init
+from lipt_export.models.common import DIV2K_MEAN, ConvBN, deterministic_init
 from lipt_export.models.registry import ModelSpec, register
 
 MASK_VALUE = -100.0  # SwinIR's value between windows' regions (exp(-100) underflows to 0 in fp32 softmax)
-DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,23 @@ import torch
 import torch.nn as nn
 
 
+# DIV2K RGB mean used by EDSR-family and SwinIR-family models (LIPT, SMSR, AgileIR).
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+class MeanShift(nn.Conv2d):
+    """Frozen 1x1 conv adding ``sign * rgb_range * mean`` (EDSR's MeanShift; keys ``sub_mean``/``add_mean``
+    ``.weight``/``.bias`` in the official checkpoints)."""
+
+    def __init__(self, rgb_range: float, sign: float):
+        super().__init__(3, 3, kernel_size=1)
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+            self.bias.copy_(sign * rgb_range * torch.tensor(DIV2K_MEAN))
+        for p in self.parameters():
+            p.requires_grad = False
+
+
 def fold_bn_into_conv(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: nn.BatchNorm2d
                       ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Conv (weight, bias) followed by BatchNorm in eval mode -> one conv (weight', bias').

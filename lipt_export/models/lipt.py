@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lipt_export.models.common import MeanShift
 from lipt_export.models.hrm import HRM, RepConv3x3, bn_affine
 from lipt_export.models.nvsm import NVSMAttention
 from lipt_export.models.registry import ModelError, ModelSpec, register
 
-RGB_MEAN = (0.4488, 0.4371, 0.4040)
 RGB_RANGE = 255.0
 
 
@@ -61,16 +61,6 @@ def lipt_config(variant: str, scale: int) -> LIPTConfig:
     raise ModelError(f"LIPT has no variant '{variant}'; choose one of: {', '.join(VARIANTS)}")
 
 
-class MeanShift(nn.Conv2d):
-    """Frozen 1x1 conv adding sign * rgb_range * mean (keys ``sub_mean``/``add_mean``, as upstream)."""
-
-    def __init__(self, rgb_range: float, sign: int):
-        super().__init__(3, 3, kernel_size=1)
-        with torch.no_grad():
-            self.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.bias.copy_(sign * rgb_range * torch.tensor(RGB_MEAN))
-        for p in self.parameters():
-            p.requires_grad = False
 
 
 class LIPTBlock(nn.Module):

@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lipt_export.models.common import MeanShift
 from lipt_export.models.registry import ModelSpec, register
 
-RGB_MEAN = (0.4488, 0.4371, 0.4040)
 RGB_RANGE = 255.0
 N_FEATS = 64
 N_MODULES = 5
@@ -62,16 +62,6 @@ def hard_spatial_mask(logits: torch.Tensor) -> torch.Tensor:
     return (logits[:, 1:] > logits[:, :1]).to(logits.dtype)
 
 
-class MeanShift(nn.Conv2d):
-    """Frozen 1x1 conv adding ``sign * rgb_range * mean`` (EDSR's MeanShift; keys ``weight``, ``bias``)."""
-
-    def __init__(self, rgb_range: float, sign: float):
-        super().__init__(3, 3, 1)
-        with torch.no_grad():
-            self.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.bias.copy_(sign * rgb_range * torch.tensor(RGB_MEAN))
-        for p in self.parameters():
-            p.requires_grad = False
 
 
 class ChannelAttention(nn.Module):
