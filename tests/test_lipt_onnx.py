@@ -58,8 +58,9 @@ def test_dims_stay_symbolic_and_graph_is_fused(exported):
     assert all(isinstance(d, str) for d in spatial_dims(model))
     ops = [n.op_type for n in model.graph.node]
     assert "BatchNormalization" not in ops and not {"Unfold", "Col2Im", "NonZero", "ScatterND"} & set(ops)
-    # 4 blocks x 2 units x 3 HRMs x 2 convs, + per block 2 project_inp + 2 project_out, + head, tail, 2 mean
-    assert ops.count("Conv") == 4 * 2 * 3 * 2 + 4 * 4 + 2 + 2
+    # 4 blocks x 2 units x 3 HRMs x 2 convs, + per block 3 project_inp (unit 0 projects its dense and sparse
+    # halves as two convs) + 2 project_out, + head, tail, 2 mean
+    assert ops.count("Conv") == 4 * 2 * 3 * 2 + 4 * 5 + 2 + 2
     assert "Gather" in ops and "DepthToSpace" in ops
     assert result.nodes_after <= result.nodes_before
 

@@ -122,3 +122,21 @@ def test_attention_units_match_loop_reference(shift):
         r1, _ = reference_nvsm(reuse, x, ref_atns)
     assert torch.allclose(y0, r0, rtol=1e-12, atol=1e-12) and torch.allclose(y1, r1, rtol=1e-12, atol=1e-12)
     assert all(torch.allclose(a, r, atol=1e-13) for a, r in zip(atns, ref_atns))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("ws,h,w", [(8, 40, 56), (8, 8, 8), (16, 48, 32)])
+def test_composed_window_indices_equal_roll_pi_partition(ws, h, w, shift):
+    """The deployed graph's one-gather indices equal the step-by-step roll -> pi -> window partition, and the
+    pixel index inverts the dense one (window reverse + roll back)."""
+    from lipt_export.models.nvsm import WindowIndex, to_windows
+
+    x = torch.randn(2, 5, h, w, generator=torch.Generator().manual_seed(ws + h + w))
+    s = ws // 2 if shift else 0
+    rolled = torch.roll(x, (-s, -s), (2, 3))
+    index = WindowIndex.build(h, w, ws, shift, offsets(ws))
+    rows = x.permute(0, 2, 3, 1).reshape(2, h * w, 5)
+    gathered = {k: rows.index_select(1, getattr(index, k)).reshape(-1, ws * ws, 5) for k in ("dense", "sparse")}
+    assert torch.equal(gathered["dense"], to_windows(rolled, ws))
+    assert torch.equal(gathered["sparse"], to_windows(sparse_resample(rolled, ws, offsets(ws)), ws))
+    assert torch.equal(index.dense[index.pixel], torch.arange(h * w))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from lipt_export.models.common import MeanShift
 from lipt_export.models.hrm import HRM, RepConv3x3, bn_affine
-from lipt_export.models.nvsm import NVSMAttention
+from lipt_export.models.nvsm import NVSMAttention, WindowIndex
 from lipt_export.models.registry import ModelError, ModelSpec, register
 
 RGB_RANGE = 255.0
@@ -79,12 +79,13 @@ class LIPTBlock(nn.Module):
             for j in units})
         self.modules_hrm_b = nn.ModuleDict({f"lcs_b_{j}": HRM(channels, exp_ratio, deploy) for j in units})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, index: Optional[WindowIndex] = None) -> torch.Tensor:
+        """``index``: the block's NVSM gather indices, shared by its units (built from x when absent)."""
         atns = None
         for j in range(1 + self.shared_depth):
             x = self.modules_hrm_a[f"lcs_a_{j}"](x) + x
             x = self.modules_hrm_c[f"lcs_c_{j}"](x) + x
-            y, atns = self.modules_nvsm_sa[f"smmsa_{j}"](x, atns)
+            y, atns = self.modules_nvsm_sa[f"smmsa_{j}"](x, atns, index)
             x = y + x
             x = self.modules_hrm_b[f"lcs_b_{j}"](x) + x
         return x
@@ -118,8 +119,17 @@ class LIPT(nn.Module):
         pad_h = (self.window - h % self.window) % self.window
         pad_w = (self.window - w % self.window) % self.window
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+        # NVSM gather indices, once per forward for each shift (from the padded input's shape, not a feature map's)
+        indices = {}
+        for block in self.body:
+            unit = block.modules_nvsm_sa["smmsa_0"]
+            if unit.shift not in indices and unit.window_sizes[0] == unit.window_sizes[1]:
+                indices[unit.shift] = unit.window_index(x.shape[2], x.shape[3])
         x = self.head(self.sub_mean(x))
-        x = self.body(x) + x
+        y = x
+        for block in self.body:
+            y = block(y, indices.get(block.modules_nvsm_sa["smmsa_0"].shift))
+        x = y + x
         x = self.add_mean(self.tail(x))
         return x[:, :, : h * self.scale, : w * self.scale]
 

@@ -12,17 +12,19 @@ Behaviour reproduced from the official code (Lucien66/LIPT, ``NVSM_SA``), quirks
   mapped back through pi^-1, and in units >= 1 its values are taken from the un-resampled map although the
   reused attention was computed among re-sampled tokens (official behaviour, kept for checkpoint parity).
 
-pi is two ``index_select`` gathers whose indices are computed in the graph from ``arange``/floor/mod of the
-(padded) H, W and a constant offset table, so it exports with symbolic H, W (the official
-``Tensor.unfold`` + boolean-mask code does not export).
+pi's indices are computed in the graph from ``arange``/floor/mod of the (padded) H, W and a constant offset
+table, so it exports with symbolic H, W (the official ``Tensor.unfold`` + boolean-mask code does not export).
+With equal branch windows (every LIPT config) roll, pi and window partition are composed into one row
+gather per branch (:class:`WindowIndex`); :func:`sparse_resample` / :func:`to_windows` serve the general path.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lipt_export.models.hrm import bn_affine
 
@@ -69,6 +71,57 @@ def from_windows(y: torch.Tensor, ws: int, b: int, h: int, w: int) -> torch.Tens
     return y.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
+def window_token_index(h, w, ws: int, shift: bool, offsets: Optional[torch.Tensor],
+                       device: torch.device) -> torch.Tensor:
+    """For every token slot (windows row-major, then ws x ws positions row-major), the flat index h*W + w of
+    the source pixel in the un-rolled map: roll by -ws/2 when ``shift``, then pi when ``offsets`` is given,
+    then window partition. H, W must be multiples of ws. Separable, so it is built from two 1-D indices."""
+    s = ws // 2 if shift else 0
+    if offsets is None:
+        rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+    else:
+        rows, cols = sparse_indices(h, ws, offsets), sparse_indices(w, ws, offsets)
+    rows = torch.remainder(rows + s, h)
+    cols = torch.remainder(cols + s, w)
+    return (rows.reshape(-1, 1, ws, 1) * w + cols.reshape(1, -1, 1, ws)).reshape(-1)
+
+
+def window_pixel_index(h, w, ws: int, shift: bool, device: torch.device) -> torch.Tensor:
+    """Inverse of the dense :func:`window_token_index`: for every output pixel, its token slot after window
+    reverse and roll back by +ws/2 when ``shift``. (Indices are >= 0, so truncating division is floor.)"""
+    s = ws // 2 if shift else 0
+    i = torch.remainder(torch.arange(h, device=device) - s, h)
+    j = torch.remainder(torch.arange(w, device=device) - s, w)
+    row = torch.div(i, ws, rounding_mode="trunc") * (w * ws) + torch.remainder(i, ws) * ws
+    col = torch.div(j, ws, rounding_mode="trunc") * (ws * ws) + torch.remainder(j, ws)
+    return (row.reshape(-1, 1) + col.reshape(1, -1)).reshape(-1)
+
+
+class WindowIndex(NamedTuple):
+    """The gather indices of one (H, W, ws, shift): built once per forward and shared by every NVSM unit of
+    that shift, so the exported graph computes them once instead of per unit (and needs no Shape of the
+    feature maps, which in ONNX Runtime would force a layout conversion just to read a shape)."""
+    h: torch.Tensor | int
+    w: torch.Tensor | int
+    dense: torch.Tensor  # token slot -> pixel, rolled
+    sparse: torch.Tensor  # token slot -> pixel, rolled then pi
+    pixel: torch.Tensor  # pixel -> token slot, window reverse then roll back
+
+    @classmethod
+    def build(cls, h, w, ws: int, shift: bool, offsets: torch.Tensor) -> "WindowIndex":
+        device = offsets.device
+        return cls(h, w, window_token_index(h, w, ws, shift, None, device),
+                   window_token_index(h, w, ws, shift, offsets, device),
+                   window_pixel_index(h, w, ws, shift, device))
+
+
+def _gather_tokens(y: torch.Tensor, index: torch.Tensor, hw, ws: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B * windows, ws*ws, C): channels last, then one row gather."""
+    c = y.shape[1]
+    rows = y.permute(0, 2, 3, 1).reshape(-1, hw, c)
+    return rows.index_select(1, index).reshape(-1, ws * ws, c)
+
+
 class NVSMAttention(nn.Module):
     """One NVSM-SA unit. ``calc_attn=True`` computes and returns the attention maps; otherwise the maps of
     the block's first unit are passed in and only values are projected. Input H, W must be multiples of
@@ -96,10 +149,13 @@ class NVSMAttention(nn.Module):
         self.register_buffer("sparse_offsets", torch.tensor(sparse_offsets(ws_sparse), dtype=torch.long),
                              persistent=False)
 
-    def forward(self, x: torch.Tensor, prev_atns: Optional[List[torch.Tensor]] = None
-                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, prev_atns: Optional[List[torch.Tensor]] = None,
+                index: Optional[WindowIndex] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """``index``: this unit's :class:`WindowIndex` (see :meth:`window_index`); built from x when absent."""
         if self.window_sizes[0] == self.window_sizes[1]:
-            return self._forward_shared_windows(x, prev_atns)
+            if index is None:
+                index = self.window_index(x.shape[2], x.shape[3])
+            return self._forward_shared_windows(x, prev_atns, index)
         b, _, h, w = x.shape
         xs = torch.split(self.project_inp(x), self.split, dim=1)
         ys, atns = [], []
@@ -124,31 +180,40 @@ class NVSMAttention(nn.Module):
         out = self.project_out(torch.cat(ys, dim=1))
         return out, (atns if prev_atns is None else prev_atns)
 
-    def _forward_shared_windows(self, x: torch.Tensor, prev_atns: Optional[List[torch.Tensor]]
-                                ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """Same function as the per-branch loop, with both branches rolled and windowed together: one
-        window partition and one reverse per unit instead of two each (6-D transposes are a large share of
-        ONNX Runtime's time on LIPT). Rolling commutes with the channel split; pi touches branch 1 only."""
-        b, _, h, w = x.shape
-        ws = self.window_sizes[0]
-        y = self.project_inp(x)
-        if self.shift:
-            y = torch.roll(y, shifts=(-(ws // 2), -(ws // 2)), dims=(2, 3))
-        dense, sparse = torch.split(y, self.split, dim=1)
+    def window_index(self, h, w) -> WindowIndex:
+        return WindowIndex.build(h, w, self.window_sizes[0], self.shift, self.sparse_offsets)
+
+    def _forward_shared_windows(self, x: torch.Tensor, prev_atns: Optional[List[torch.Tensor]],
+                                index: WindowIndex) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Same function as the per-branch loop, with roll, pi and window partition done as ONE row gather.
+
+        All three are pixel permutations, so each branch's tokens are ``index_select`` of the channels-last
+        map with a composed index (:func:`window_token_index`), and the window reverse plus roll-back is one
+        more gather (:func:`window_pixel_index`). Rows are C contiguous floats, which both ONNX Runtime and
+        PyTorch copy at memory speed; the roll/pi/6-D-transpose chain this replaces moved every value 4-6
+        times. Output identical up to float summation order (tested against a loop reference)."""
+        ws, hw = self.window_sizes[0], index.h * index.w
         if prev_atns is None:
-            sparse = sparse_resample(sparse, ws, self.sparse_offsets)
-        tokens = to_windows(torch.cat([dense, sparse], dim=1), ws)
-        if prev_atns is None:
-            q0, v0, q1, v1 = torch.split(tokens, self.split // 2, dim=-1)
+            dense, sparse = self._project_branches(x)
+            q0, v0 = torch.split(_gather_tokens(dense, index.dense, hw, ws), self.split // 2, dim=-1)
+            q1, v1 = torch.split(_gather_tokens(sparse, index.sparse, hw, ws), self.split // 2, dim=-1)
             atns = [torch.softmax(q @ q.transpose(-2, -1), dim=-1) for q in (q0, q1)]  # shared q/k, unscaled
         else:
-            # sparse branch: values NOT re-sampled (official quirk)
-            v0, v1 = torch.split(tokens, self.split, dim=-1)
+            # sparse branch: values NOT re-sampled (official quirk), so both halves share the dense index
+            v0, v1 = torch.split(_gather_tokens(self.project_inp(x), index.dense, hw, ws), self.split, dim=-1)
             atns = prev_atns
-        out = from_windows(torch.cat([atns[0] @ v0, atns[1] @ v1], dim=-1), ws, b, h, w)
-        if self.shift:
-            out = torch.roll(out, shifts=(ws // 2, ws // 2), dims=(2, 3))
-        return self.project_out(out), atns
+        tokens = torch.cat([atns[0] @ v0, atns[1] @ v1], dim=-1)  # (B * windows, ws*ws, C)
+        pixels = tokens.reshape(-1, hw, self.channels).index_select(1, index.pixel)
+        return self.project_out(pixels.reshape(-1, index.h, index.w, self.channels).permute(0, 3, 1, 2)), atns
+
+    def _project_branches(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """project_inp split into the dense and sparse halves. Deployed: two 1x1 convs on the rows of the
+        one fused weight, so each half comes out of its own conv (no channel slice copy before the gathers)."""
+        if not self.deploy:
+            return torch.split(self.project_inp(x), self.split, dim=1)
+        weight, bias = self.project_inp.weight, self.project_inp.bias
+        return (F.conv2d(x, weight[: self.split], bias[: self.split]),
+                F.conv2d(x, weight[self.split:], bias[self.split:]))
 
     @torch.no_grad()
     def reparameterize(self) -> None:
