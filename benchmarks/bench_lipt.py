@@ -1,7 +1,7 @@
 """LIPT latency: eager training graph vs eager deploy graph vs ONNX Runtime fp32 (and fp16), plus the
 wall time of each export stage. Prints a table and writes JSON.
 
-    .venv/bin/python benchmarks/bench_lipt.py --variant small --scale 4 --size 128 --runs 10 --threads 2
+    .venv/bin/python benchmarks/bench_lipt.py --variant small --scale 4 --size 128 --runs 15 --threads 2 --fp16 --profile
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fp16", action="store_true", help="also time the FP16 ONNX")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile ORT fp32 (3 runs) for its Conv share and the ceiling it puts on ORT vs eager")
     ap.add_argument("--json", default="benchmarks/results/bench_lipt.json")
     args = ap.parse_args()
 
@@ -55,6 +57,12 @@ def main() -> None:
             runners.append(OnnxRuntimeRunner(res.out_dir / "model.fp16.onnx", name="ORT fp16",
                                              threads=args.threads))
         latency, _ = interleaved_ms(runners, x, args.runs)
+        conv_share = None
+        if args.profile:
+            from profile_ort import profile  # benchmarks/profile_ort.py
+
+            per_op, _, _, _ = profile(res.out_dir / "model.onnx", args.size, 3, args.threads)
+            conv_share = per_op.get("Conv", 0.0) / sum(per_op.values())
 
     base = latency["eager train graph"]
     rows = [[name, f"{ms:.1f}", f"{base / ms:.2f}x"] for name, ms in latency.items()]
@@ -63,6 +71,13 @@ def main() -> None:
     print(format_table(("runner", "median ms", "speed-up vs train graph"), rows))
     print(f"\ndeploy vs train graph: {base / latency['eager deploy graph']:.2f}x;  ORT fp32 vs eager deploy: "
           f"{latency['eager deploy graph'] / latency['ORT fp32']:.2f}x")
+    ceiling = None
+    if conv_share is not None:
+        # Conv kernels alone, even if every other ORT op took no time, bound ORT's speed-up over eager deploy
+        conv_ms = conv_share * latency["ORT fp32"]
+        ceiling = latency["eager deploy graph"] / conv_ms
+        print(f"ORT fp32 Conv kernels: {100 * conv_share:.1f}% of its time (~{conv_ms:.0f} ms); with every other "
+              f"op free ORT would be at most {ceiling:.2f}x faster than eager deploy")
     stages = [[k, f"{v:.2f}"] for k, v in res.timings.items()] + [["total (export + parity)", f"{export_wall:.2f}"]]
     print("\nexport stages (s)")
     print(format_table(("stage", "seconds"), stages))
@@ -70,7 +85,8 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": args.model, "variant": variant, "scale": args.scale, "size": args.size,
                                "threads": args.threads, "runs": args.runs, "latency_ms": latency,
-                               "export_stages_s": res.timings, "export_total_s": export_wall}, indent=2))
+                               "export_stages_s": res.timings, "export_total_s": export_wall,
+                               "ort_conv_share": conv_share, "ort_vs_eager_deploy_ceiling": ceiling}, indent=2))
     print(f"\nwrote {out}")
 
 
