@@ -20,7 +20,6 @@ import numpy as np
 from lipt_export.datasets import open_dataset
 from lipt_export.metrics import sr_scores, to_uint8
 from lipt_export.runners import Runner
-from lipt_export.serving import onnx_precision
 
 EVAL_HEADER = ("artifact", "precision", "PSNR-Y dB", "SSIM-Y", "ΔPSNR dB", "s/image")
 
@@ -159,11 +158,8 @@ def _tiled(runner: Runner, tiling: Dict[str, Any], scale: int, multiple_of: int,
     size = tile if tile is not None else (int(tiling.get("recommended_tile") or 0) if tiling.get("required") else 0)
     if not size:
         return runner, None
-    try:
-        from lipt_export.tiling import TiledRunner
-    except ImportError:  # TODO(lead): lipt_export.tiling not merged yet; runs whole images meanwhile
-        click.echo("lipt-export: warning: lipt_export.tiling is unavailable; running whole images", err=True)
-        return runner, None
+    from lipt_export.tiling import TiledRunner
+
     tiled = TiledRunner(runner, scale=scale, tile=size, overlap=int(tiling.get("overlap", 16)),
                         multiple_of=multiple_of)
     return tiled, size
@@ -173,48 +169,29 @@ def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optiona
                      weights_sha: Optional[str] = None) -> Tuple[List[EvalTarget], List[str]]:
     """ONNX runners for ``paths`` (export dirs / manifest.json expand to all their ONNX artifacts) and
     notes (skipped engines, weight mismatches)."""
-    from lipt_export import manifest as mf
     from lipt_export.runners import OnnxRuntimeRunner
+    from lipt_export.serving import ArtifactError, open_onnx_artifacts
 
     targets: List[EvalTarget] = []
     notes: List[str] = []
     for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise EvalSetupError(f"artifact {path} does not exist; pass an export directory, its manifest.json "
-                                 f"or a .onnx file")
-        if path.is_dir() or path.name == mf.MANIFEST_NAME:
-            try:
-                man = mf.read_manifest(path)
-            except (FileNotFoundError, ValueError) as exc:
-                raise EvalSetupError(str(exc)) from None
-            root = mf.manifest_path(path).parent
-            entries = [(root / a["path"], a["precision"]) for a in man["artifacts"] if a["format"] == "onnx"]
-            for a in man["artifacts"]:
-                if a["format"] != "onnx":
-                    notes.append(f"skipped {root.name}/{a['path']} ({a['format']}: evaluate it where it runs)")
-            label = root.name
-        elif path.suffix == ".onnx":
-            man = mf.onnx_metadata(path)
-            entries = [(path, onnx_precision(path))]
-            label = path.parent.name
-        else:
-            raise EvalSetupError(f"cannot evaluate {path}: expected an export directory, manifest.json or .onnx")
-        if not entries:
-            raise EvalSetupError(f"{path} lists no ONNX artifacts")
-        _check_artifact_model(path, man, model, scale)
+        try:
+            arts, others = open_onnx_artifacts(raw)
+        except ArtifactError as exc:
+            raise EvalSetupError(str(exc)) from None
+        notes += [f"skipped {o}: evaluate it where it runs" for o in others]
+        label, man = arts[0].path.parent.name, arts[0].manifest
+        _check_artifact_model(Path(raw), man, model, scale)
         w = man.get("model", {}).get("weights", {}) if man else {}
         if weights_sha and w.get("sha256") and w["sha256"] != weights_sha:
             notes.append(f"{label}: exported from different weights ({w.get('path')}) than --weights")
-        tiling = man.get("io", {}).get("tiling", {}) if man else {}
-        multiple = int(man.get("io", {}).get("size", {}).get("multiple_of", 1)) if man else 1
-        for onnx_path, precision in entries:
-            runner = OnnxRuntimeRunner(onnx_path, name=f"{label}/{onnx_path.name}", precision=precision)
-            runner, tiled = _tiled(runner, tiling, scale, multiple, tile)
-            info = {"path": str(onnx_path)}
+        for art in arts:
+            runner = OnnxRuntimeRunner(art.path, name=f"{label}/{art.path.name}", precision=art.precision)
+            runner, tiled = _tiled(runner, art.tiling, scale, art.multiple_of, tile)
+            info = {"path": str(art.path)}
             if tiled:
                 info["tile"] = tiled
-            targets.append(EvalTarget(runner, f"{label}/{onnx_path.name}", precision, "onnxruntime", info))
+            targets.append(EvalTarget(runner, f"{label}/{art.path.name}", art.precision, "onnxruntime", info))
     return targets, notes
 
 

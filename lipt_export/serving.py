@@ -116,6 +116,30 @@ def open_artifact(path: str | os.PathLike, precision: Optional[str] = None, back
                         f".engine or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
 
 
+def open_onnx_artifacts(path: str | os.PathLike) -> Tuple[List[Artifact], List[str]]:
+    """Every ONNX artifact ``path`` names, for tools that compare them all (``eval``): an export directory or
+    its manifest.json expands to all of its ONNX entries, a ``.onnx`` file is itself (as :func:`open_artifact`).
+    Also returns the manifest's non-ONNX entries, as ``dir/file (format)``, for the caller to report."""
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"no such artifact: {p} (pass an export directory, its manifest.json or a .onnx file)")
+    if p.suffix.lower() == ".onnx":
+        return [open_artifact(p)], []
+    if not (p.is_dir() or p.name == mf.MANIFEST_NAME):
+        raise ArtifactError(f"cannot use '{p.name}' here: expected an export directory, manifest.json or .onnx")
+    root = p if p.is_dir() else p.parent
+    try:
+        man = mf.read_manifest(root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ArtifactError(str(exc)) from None
+    arts = [Artifact(root / a["path"], "onnx", a["precision"], man, a) for a in man["artifacts"]
+            if a["format"] == "onnx"]
+    if not arts:
+        raise ArtifactError(f"{root} lists no ONNX artifacts")
+    others = [f"{root.name}/{a['path']} ({a['format']})" for a in man["artifacts"] if a["format"] != "onnx"]
+    return arts, others
+
+
 def _sidecar(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
     if not (path.parent / mf.MANIFEST_NAME).is_file():
         return None, None
