@@ -44,16 +44,43 @@ def unit_label(unit: Sequence[str]) -> str:
     return unit[0] if len(unit) == 1 else f"{unit[0]} .. {unit[-1]} ({len(unit)} nodes)"
 
 
+class FloatSources:
+    """The float tensor behind a node input that a DequantizeLinear feeds: the activation its QuantizeLinear
+    read, or for an INT8 weight the FP32 initializer the same node has in ``fp32`` (the graph before
+    quantization), copied into ``graph`` once. Shared by the switch model and the float fallback."""
+
+    def __init__(self, graph: onnx.GraphProto, fp32: "onnx.ModelProto | None"):
+        self.graph = graph
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.fp32_nodes = {n.name: n for n in fp32.graph.node} if fp32 is not None else {}
+        self.fp32_inits = {i.name: i for i in fp32.graph.initializer} if fp32 is not None else {}
+        self.have = {i.name for i in graph.initializer}
+
+    def __call__(self, node: onnx.NodeProto, slot: int) -> "str | None":
+        """None when the input is not dequantized or no float source is known."""
+        dq = self.producer.get(node.input[slot])
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        q = self.producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":
+            return q.input[0]
+        ref = self.fp32_nodes.get(node.name)
+        if ref is None or slot >= len(ref.input) or ref.input[slot] not in self.fp32_inits:
+            return None
+        weight = ref.input[slot]
+        if weight not in self.have:
+            self.graph.initializer.append(self.fp32_inits[weight])
+            self.have.add(weight)
+        return weight
+
+
 def build_switch_model(qdq: onnx.ModelProto, fp32: onnx.ModelProto, units: Sequence[Sequence[str]]
                        ) -> onnx.ModelProto:
     """The switch model described in the module docstring; ``qsel[u]`` switches every node of unit u."""
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    fp32_nodes = {n.name: n for n in fp32.graph.node}
-    fp32_inits = {i.name: i for i in fp32.graph.initializer}
-    have_inits = {i.name for i in graph.initializer}
+    float_source = FloatSources(graph, fp32)
     index = {name: k for k, unit in enumerate(units) for name in unit}
     n_units = len(units)
     extra: List[onnx.NodeProto] = []
@@ -69,17 +96,9 @@ def build_switch_model(qdq: onnx.ModelProto, fp32: onnx.ModelProto, units: Seque
                                           name=f"{cond}_gather"))
             graph.initializer.append(onnx.numpy_helper.from_array(np.array(k, np.int64), f"{SELECTOR}_idx_{k}"))
         for slot, name in enumerate(node.input):
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
+            float_src = float_source(node, slot)
+            if float_src is None:
                 continue
-            q = producer.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                float_src = q.input[0]
-            else:  # a quantized weight: the FP32 initializer of the same node in the source graph
-                float_src = fp32_nodes[node.name].input[slot]
-                if float_src not in have_inits:
-                    graph.initializer.append(fp32_inits[float_src])
-                    have_inits.add(float_src)
             switched = f"{name}_{SELECTOR}_{node.name}"
             extra.append(helper.make_node("Where", [cond, name, float_src], [switched], name=f"{switched}_where"))
             node.input[slot] = switched

@@ -30,8 +30,9 @@ import onnx
 
 from lipt_export.calibration.data import load_calibration_set, psnr_y
 from lipt_export.calibration.ranges import graph_sha256, load_or_collect, ort_method, write_cache, write_ort_cache
-from lipt_export.calibration.sensitivity import (SearchResult, SwitchRunner, build_search_inputs, build_switch_model,
-                                                 make_units, measure_sensitivity, search_fallback, unit_label)
+from lipt_export.calibration.sensitivity import (FloatSources, SearchResult, SwitchRunner, build_search_inputs,
+                                                 build_switch_model, make_units, measure_sensitivity,
+                                                 search_fallback, unit_label)
 
 QUANT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 CALIBRATOR_OPTIONS = {"symmetric": True}
@@ -88,33 +89,19 @@ def restore_float_consumers(model: onnx.ModelProto, exclude: Sequence[str] = (),
     back for the FP32 weights of ``fp32`` (the same graph before quantization), which is how a node is
     kept in float without re-running the quantizer. Returns the number of inputs rewired."""
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
     excluded = set(exclude)
-    fp32_nodes = {n.name: n for n in fp32.graph.node} if fp32 is not None else {}
-    fp32_inits = {i.name: i for i in fp32.graph.initializer} if fp32 is not None else {}
-    have = {i.name for i in graph.initializer}
+    float_source = FloatSources(graph, fp32)
     rewired = 0
     for node in graph.node:
         if node.op_type in QUANT_OP_TYPES and node.name not in excluded:
             continue
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        for k, name in enumerate(node.input):
-            dq = producer.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producer.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[k] = q.input[0]
+        for k in range(len(node.input)):
+            src = float_source(node, k)
+            if src is not None:
+                node.input[k] = src
                 rewired += 1
-            elif node.name in fp32_nodes and k < len(fp32_nodes[node.name].input):
-                weight = fp32_nodes[node.name].input[k]
-                if weight in fp32_inits:
-                    if weight not in have:
-                        graph.initializer.append(fp32_inits[weight])
-                        have.add(weight)
-                    node.input[k] = weight
-                    rewired += 1
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
     while True:  # drop DQ then Q nodes whose outputs are no longer read
         dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
