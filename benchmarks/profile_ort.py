@@ -23,7 +23,8 @@ from lipt_export.export.pipeline import format_table  # noqa: E402
 from lipt_export.validation import natural_inputs  # noqa: E402
 
 
-def profile(path: Path, size: int, runs: int, threads: int, level: str = "all", nodes: int = 0):
+def profile(path: Path, size: int, runs: int, threads: int, level: str = "all"):
+    """(ms per forward by op type, node count by op type, ms per node, model_run ms per timed run)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -39,14 +40,9 @@ def profile(path: Path, size: int, runs: int, threads: int, level: str = "all", 
         inp = sess.get_inputs()[0]
         x = natural_inputs([(size, size)], seed=1)[0]
         x = x.astype(np.float16 if "float16" in inp.type else np.float32)
-        sess.run(None, {inp.name: x})  # warm-up, excluded below
-        marker = len(json.load(open(sess.end_profiling())))
-    # a second session so the warm-up is not in the profile
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        for _ in range(runs + 1):
+        for _ in range(runs + 1):  # the first run is the warm-up, dropped below
             sess.run(None, {inp.name: x})
         events = json.load(open(sess.end_profiling()))
-    del marker
     run_events = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     first_run_end = run_events[0]["ts"] + run_events[0]["dur"] if run_events else 0
     per_op = collections.defaultdict(float)

@@ -87,11 +87,7 @@ def open_artifact(path: str | os.PathLike, precision: Optional[str] = None, back
     if not p.exists():
         raise ArtifactError(f"no such artifact: {p} (pass an export directory, manifest.json, .onnx or .engine file)")
     if p.is_dir() or p.name == mf.MANIFEST_NAME:
-        root = p if p.is_dir() else p.parent
-        try:
-            man = mf.read_manifest(root)
-        except (FileNotFoundError, ValueError) as exc:
-            raise ArtifactError(str(exc)) from None
+        root, man = _read_export_dir(p)
         entry = _choose_entry(man, root, precision, backend)
         return Artifact(root / entry["path"], entry["format"], entry["precision"], man, entry)
     suffix = p.suffix.lower()
@@ -127,17 +123,22 @@ def open_onnx_artifacts(path: str | os.PathLike) -> Tuple[List[Artifact], List[s
         return [open_artifact(p)], []
     if not (p.is_dir() or p.name == mf.MANIFEST_NAME):
         raise ArtifactError(f"cannot use '{p.name}' here: expected an export directory, manifest.json or .onnx")
-    root = p if p.is_dir() else p.parent
-    try:
-        man = mf.read_manifest(root)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ArtifactError(str(exc)) from None
+    root, man = _read_export_dir(p)
     arts = [Artifact(root / a["path"], "onnx", a["precision"], man, a) for a in man["artifacts"]
             if a["format"] == "onnx"]
     if not arts:
         raise ArtifactError(f"{root} lists no ONNX artifacts")
     others = [f"{root.name}/{a['path']} ({a['format']})" for a in man["artifacts"] if a["format"] != "onnx"]
     return arts, others
+
+
+def _read_export_dir(path: Path) -> Tuple[Path, Dict[str, Any]]:
+    """(export directory, its manifest) for a directory or its manifest.json."""
+    root = path if path.is_dir() else path.parent
+    try:
+        return root, mf.read_manifest(root)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def _sidecar(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:

@@ -148,28 +148,30 @@ def fold_kernel(channels: int, k: int = 3) -> torch.Tensor:
     return w
 
 
-class PatchUnfold(nn.Module):
+class _PatchConv(nn.Module):
+    """A per-channel grouped 3x3 conv with a fixed 0/1 kernel (unfold or fold as a conv, which exports)."""
+
+    def __init__(self, channels: int, kernel: torch.Tensor):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.kernel.to(x.dtype), padding=1, groups=self.channels)
+
+
+class PatchUnfold(_PatchConv):
     """(B, C, H, W) -> (B, C*9, H, W), exactly nn.Unfold(3, padding=1) reshaped to a map."""
 
     def __init__(self, channels: int):
-        super().__init__()
-        self.channels = channels
-        self.register_buffer("kernel", unfold_kernel(channels), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.kernel.to(x.dtype), padding=1, groups=self.channels)
+        super().__init__(channels, unfold_kernel(channels))
 
 
-class PatchFold(nn.Module):
+class PatchFold(_PatchConv):
     """(B, C*9, H, W) -> (B, C, H, W), exactly nn.Fold(output_size=(H, W), 3, padding=1)."""
 
     def __init__(self, channels: int):
-        super().__init__()
-        self.channels = channels
-        self.register_buffer("kernel", fold_kernel(channels), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.kernel.to(x.dtype), padding=1, groups=self.channels)
+        super().__init__(channels, fold_kernel(channels))
 
 
 def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
