@@ -12,18 +12,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipt_export.bench import interleaved_ms  # noqa: E402
-from lipt_export.export.pipeline import ExportConfig, format_table, run_export  # noqa: E402
+from lipt_export.validation.bench import interleaved_ms  # noqa: E402
+from lipt_export.export.pipeline import ExportConfig, run_export  # noqa: E402
+from lipt_export.report import format_table  # noqa: E402
 from lipt_export.models.io import UnitRangeIO  # noqa: E402
 from lipt_export.models.registry import build_model  # noqa: E402
 from lipt_export.models.reparam import reparameterize_model  # noqa: E402
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner  # noqa: E402
-from lipt_export.validation import natural_inputs  # noqa: E402
+from lipt_export.runtime.eager import TorchRunner  # noqa: E402
+from lipt_export.runtime.ort import OnnxRuntimeRunner  # noqa: E402
+from lipt_export.validation.inputs import natural_inputs  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = run_export(ExportConfig(model=args.model, variant=args.variant, scale=args.scale, out=tmp,
-                                      fp16=args.fp16, lint=False), log=lambda m: None)
+                                      fp16=args.fp16, lint=False))
         export_wall = time.perf_counter() - t0
         spec, variant, train = build_model(args.model, args.variant, args.scale)
         spec.init_for_tests(train, 0)

@@ -21,20 +21,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipt_export.bench import interleaved_ms  # noqa: E402
-from lipt_export.export.pipeline import ExportConfig, format_table, run_export  # noqa: E402
+from lipt_export.validation.bench import interleaved_ms  # noqa: E402
+from lipt_export.export.pipeline import ExportConfig, run_export  # noqa: E402
+from lipt_export.report import format_table  # noqa: E402
 from lipt_export.models.io import UnitRangeIO  # noqa: E402
 from lipt_export.models.registry import build_model  # noqa: E402
 from lipt_export.models.reparam import reparameterize_model  # noqa: E402
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner  # noqa: E402
-from lipt_export.validation import natural_inputs  # noqa: E402
+from lipt_export.runtime.eager import TorchRunner  # noqa: E402
+from lipt_export.runtime.ort import OnnxRuntimeRunner  # noqa: E402
+from lipt_export.validation.inputs import natural_inputs  # noqa: E402
 
 
 def bench_one(model: str, variant: str, scale: int, size: int, runs: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = run_export(ExportConfig(model=model, variant=variant, scale=scale, out=tmp, lint=False),
-                         log=lambda m: None)
+        res = run_export(ExportConfig(model=model, variant=variant, scale=scale, out=tmp, lint=False))
         export_wall = time.perf_counter() - t0
         spec, variant, train = build_model(model, variant, scale)
         spec.init_for_tests(train, 0)

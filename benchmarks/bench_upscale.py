@@ -27,8 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lipt_export.export.pipeline import format_table  # noqa: E402
-from lipt_export.validation import default_calibration_dir, rel_l2, synthetic_image  # noqa: E402
+from lipt_export.report import format_table  # noqa: E402
+from shared_data import default_calibration_dir  # noqa: E402
+from lipt_export.validation.inputs import synthetic_image  # noqa: E402
+from lipt_export.validation.parity import rel_l2  # noqa: E402
 
 CLI = [sys.executable, "-m", "lipt_export.cli"]
 

@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lipt_export.export.pipeline import format_table  # noqa: E402
-from lipt_export.validation import natural_inputs  # noqa: E402
+from lipt_export.report import format_table  # noqa: E402
+from lipt_export.validation.inputs import natural_inputs  # noqa: E402
 
 
 def profile(path: Path, size: int, runs: int, threads: int, level: str = "all"):

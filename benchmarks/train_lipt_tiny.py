@@ -1,7 +1,7 @@
 """Train LIPT-tiny x2 for a few CPU minutes: a small real checkpoint for parity/precision work.
 
 Patches are cut from the shared calibration images (Urban100 001-009; 010 is held out for evaluation),
-LR made by bicubic downscaling (the project's MATLAB-style ``lipt_export.imresize`` when present, else PIL
+LR made by bicubic downscaling (the project's MATLAB-style ``lipt_export.validation.imresize``
 bicubic). L1 loss on the 0..255 scale and Adam, as the official train.py; a few minutes of CPU training is
 of course far from the paper's 1000 epochs on DF2K, so the PSNR printed at the end is only an honest
 "better than bicubic or not" figure on one held-out crop.
@@ -27,35 +27,22 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lipt_export.models.lipt import build_lipt, count_parameters  # noqa: E402
-from lipt_export.models.nvsm import NVSMAttention  # noqa: E402
+from lipt_export.models.lipt.nvsm import NVSMAttention  # noqa: E402
 from lipt_export.models.reparam import reparameterize_model  # noqa: E402
-from lipt_export.validation import list_images, shared_dir  # noqa: E402
+from shared_data import shared_dir  # noqa: E402
+from lipt_export.images import list_images  # noqa: E402
+from lipt_export.validation.imresize import imresize  # noqa: E402
 
 
 def downscale(hr: np.ndarray, scale: int) -> tuple[np.ndarray, str]:
     """HWC uint8 -> HWC float32 0..255 (uint8-rounded), bicubic /scale, as SR benchmarks make LR images."""
-    try:
-        from lipt_export.imresize import imresize
-    except ImportError:
-        from PIL import Image
-
-        h, w = hr.shape[0] // scale, hr.shape[1] // scale
-        return np.asarray(Image.fromarray(hr).resize((w, h), Image.BICUBIC), dtype=np.float32), "PIL.BICUBIC"
-    return np.asarray(imresize(hr, 1.0 / scale), dtype=np.float32), "lipt_export.imresize (MATLAB bicubic)"
+    return np.asarray(imresize(hr, 1.0 / scale), dtype=np.float32), "lipt_export imresize (MATLAB bicubic)"
 
 
 def upscale_bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
     """The bicubic baseline, with the same resizer family as the LR."""
     img = np.clip(lr.round(), 0, 255).astype(np.uint8)
-    try:
-        from lipt_export.imresize import imresize
-
-        return np.asarray(imresize(img, float(scale)), dtype=np.float32)
-    except ImportError:
-        from PIL import Image
-
-        up = Image.fromarray(img).resize((lr.shape[1] * scale, lr.shape[0] * scale), Image.BICUBIC)
-        return np.asarray(up, dtype=np.float32)
+    return np.asarray(imresize(img, float(scale)), dtype=np.float32)
 
 
 def psnr_y(sr: np.ndarray, hr: np.ndarray, border: int) -> float:

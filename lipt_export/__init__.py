@@ -1,12 +1,18 @@
 """lipt-export: PyTorch checkpoint -> reparameterized, simplified, precision-variant ONNX (and TensorRT
-engines where available), validated against the eager model, described by a manifest."""
-__version__ = "0.1.0"
+engines where available), validated against the eager model, described by a manifest.
+
+The Python serving API is :func:`lipt_export.runtime.loader.load_runner` (also reachable as
+``lipt_export.load_runner``); the package map is in docs/architecture.md.
+"""
+from lipt_export._version import __version__
 
 __all__ = ["__version__", "load_runner"]
 
 
-def load_runner(path, **kwargs):
-    """Pick a runner for an artifact path, export directory or manifest (see lipt_export.serving)."""
-    from lipt_export.serving import load_runner as _load
+def __getattr__(name):
+    if name == "load_runner":
+        # deferred: `import lipt_export` (and the CLI's start-up) must not pull in torch and ONNX Runtime
+        from lipt_export.runtime.loader import load_runner
 
-    return _load(path, **kwargs)
+        return load_runner
+    raise AttributeError(f"module 'lipt_export' has no attribute {name!r}")

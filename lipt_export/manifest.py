@@ -1,31 +1,257 @@
 """manifest.json: the contract between an export directory and whatever serves it.
 
-Schema (``schema_version`` 1) is documented in docs/manifest.md. Later stages append to ``artifacts``.
+The on-disk schema (``schema_version`` 1) is documented in docs/manifest.md. In memory a manifest is a
+:class:`Manifest` of frozen dataclasses; :func:`read_manifest` is the one reader: it checks the schema and
+version and the fields every consumer relies on, and :meth:`Manifest.artifact_path` keeps every artifact path
+inside the export directory and verifies its sha256 before anything uses the file.
+
 The model description (everything but the artifact list) is also written into each ONNX file's
 ``metadata_props`` under ``lipt_export.model`` so a lone .onnx file still describes itself.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
-import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from types import MappingProxyType
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from lipt_export._version import __version__
+from lipt_export.errors import ManifestError
+from lipt_export.fileio import json_default, sha256_file, write_json_atomic
 
 SCHEMA = "lipt-export/manifest"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 METADATA_KEY = "lipt_export.model"
+FORMATS = ("onnx", "tensorrt")
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _frozen(d: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d or {}))
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy of mappings/sequences as plain dicts and lists (for JSON and for callers that mutate)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _need(d: Any, key: str, kind: type | Tuple[type, ...], where: str) -> Any:
+    if not isinstance(d, Mapping) or key not in d:
+        raise ManifestError(f"{where} has no '{key}'")
+    if not isinstance(d[key], kind) or isinstance(d[key], bool) and kind is int:
+        raise ManifestError(f"{where}: '{key}' is {d[key]!r}, not {getattr(kind, '__name__', kind)}")
+    return d[key]
+
+
+@dataclass(frozen=True)
+class IOContract:
+    """Input/output of every artifact of an export: float32 NCHW RGB in [0, 1] -> x``scale``."""
+
+    scale: int
+    multiple_of: int = 1
+    min_size: int = 1
+    recommended_tile: int = 256
+    tile_overlap: int = 16
+    tile_required: bool = False
+    input_name: str = "lr"
+    output_name: str = "sr"
+
+    def to_dict(self) -> Dict[str, Any]:
+        s = self.scale
+        out_hw = ["height", "width"] if s == 1 else [f"height*{s}", f"width*{s}"]
+        return {
+            "input": {"name": self.input_name, "dtype": "float32", "layout": "NCHW", "color": "RGB",
+                      "shape": ["batch", 3, "height", "width"], "value_range": [0.0, 1.0]},
+            "output": {"name": self.output_name, "dtype": "float32", "layout": "NCHW", "color": "RGB",
+                       "shape": ["batch", 3, *out_hw], "value_range": [0.0, 1.0], "clamped": False},
+            "scale": s,
+            # The graph pads to `multiple_of` internally and crops; any size >= `min` is accepted.
+            "size": {"multiple_of": self.multiple_of, "padded_internally": True, "min": self.min_size},
+            "tiling": {"recommended_tile": self.recommended_tile, "overlap": self.tile_overlap,
+                       "required": self.tile_required},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest io") -> "IOContract":
+        scale = _need(d, "scale", int, where)
+        if scale < 1:
+            raise ManifestError(f"{where}: scale {scale} must be >= 1")
+        size, tiling = d.get("size") or {}, d.get("tiling") or {}
+        return cls(scale=scale, multiple_of=int(size.get("multiple_of", 1)), min_size=int(size.get("min", 1)),
+                   recommended_tile=int(tiling.get("recommended_tile") or 256),
+                   tile_overlap=int(tiling.get("overlap", 16)), tile_required=bool(tiling.get("required", False)),
+                   input_name=str(_need(d, "input", Mapping, where)["name"]),
+                   output_name=str(_need(d, "output", Mapping, where)["name"]))
+
+
+class _Details:
+    """Free-form ``details`` (what a stage adds): frozen on construction, read with :meth:`get`."""
+
+    details: Mapping[str, Any]
+
+    def __post_init__(self):
+        object.__setattr__(self, "details", _frozen(self.details))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.details.get(key, default)
+
+
+@dataclass(frozen=True)
+class ModelInfo(_Details):
+    """What was exported: family, variant, scale, and free-form details (weights, parameter count, ...)."""
+
+    name: str
+    variant: str
+    scale: int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> Mapping[str, Any]:
+        return self.get("weights") or {}
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.variant}-x{self.scale}"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "variant": self.variant, "scale": self.scale, **_plain(self.details)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest model") -> "ModelInfo":
+        name = _need(d, "name", str, where)
+        scale = _need(d, "scale", int, where)
+        details = {k: v for k, v in d.items() if k not in ("name", "variant", "scale")}
+        return cls(name, str(d.get("variant")), scale, details)
+
+
+@dataclass(frozen=True)
+class ArtifactEntry(_Details):
+    """One artifact file: where it is (relative to the export directory), what it is, its hash, and the
+    stage-specific details (nodes, parity, lint, FP16 islands, INT8 report, engine profile, ...)."""
+
+    path: str
+    format: str
+    precision: str
+    sha256: str
+    bytes: int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_details(self, **more: Any) -> "ArtifactEntry":
+        return replace(self, details={**self.details, **more})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"path": self.path, "format": self.format, "precision": self.precision, "sha256": self.sha256,
+                "bytes": self.bytes, **_plain(self.details)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest artifact") -> "ArtifactEntry":
+        path = _need(d, "path", str, where)
+        where = f"{where} '{path}'"
+        fmt = _need(d, "format", str, where)
+        if fmt not in FORMATS:
+            raise ManifestError(f"{where}: unknown format '{fmt}' (known: {', '.join(FORMATS)})")
+        core = ("path", "format", "precision", "sha256", "bytes")
+        return cls(path, fmt, _need(d, "precision", str, where), _need(d, "sha256", str, where),
+                   _need(d, "bytes", int, where), {k: v for k, v in d.items() if k not in core})
+
+    @classmethod
+    def for_file(cls, path: str | Path, root: str | Path, *, fmt: str, precision: str, **details: Any
+                 ) -> "ArtifactEntry":
+        path, root = Path(path), Path(root)
+        return cls(str(path.relative_to(root)), fmt, precision, sha256_file(path), path.stat().st_size, details)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelInfo
+    io: IOContract
+    export: Mapping[str, Any] = field(default_factory=dict)
+    artifacts: Tuple[ArtifactEntry, ...] = ()
+    created: str = ""
+    root: Optional[Path] = field(default=None, compare=False)  # the export directory it was read from
+
+    def __post_init__(self):
+        object.__setattr__(self, "export", _frozen(self.export))
+        object.__setattr__(self, "artifacts", tuple(self.artifacts))
+
+    # -- building --------------------------------------------------------------------------------------
+    @classmethod
+    def new(cls, *, model: ModelInfo, io: IOContract, export: Mapping[str, Any]) -> "Manifest":
+        return cls(model, io, {**export, "versions": versions()},
+                   created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def with_artifacts(self, entries: Iterable[ArtifactEntry]) -> "Manifest":
+        return replace(self, artifacts=(*self.artifacts, *entries))
+
+    def with_export(self, **more: Any) -> "Manifest":
+        return replace(self, export={**self.export, **more})
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def select(self, fmt: Optional[str] = None, precision: Optional[str] = None) -> List[ArtifactEntry]:
+        return [a for a in self.artifacts
+                if (fmt is None or a.format == fmt) and (precision is None or a.precision == precision)]
+
+    def find(self, path: str) -> Optional[ArtifactEntry]:
+        return next((a for a in self.artifacts if a.path == path), None)
+
+    def artifact_path(self, entry: ArtifactEntry, verify: bool = True) -> Path:
+        """The entry's file, checked: inside the export directory, present, and (``verify``) with the sha256
+        the manifest records. Raises :class:`ManifestError` naming the file and the fix."""
+        if self.root is None:
+            raise ManifestError(f"{entry.path}: this manifest was not read from an export directory")
+        root = self.root.resolve()
+        rel = Path(entry.path)
+        target = (root / rel).resolve()
+        if rel.is_absolute() or root not in target.parents:
+            raise ManifestError(f"{self.root / MANIFEST_NAME}: artifact path '{entry.path}' points outside the "
+                                f"export directory; re-export instead of editing the manifest")
+        if not target.is_file():
+            raise ManifestError(f"{self.root / entry.path} is listed in the manifest but missing; re-export or "
+                                f"copy the whole export directory")
+        if verify and sha256_file(target) != entry.sha256:
+            raise ManifestError(f"{self.root / entry.path} does not match its manifest entry (sha256 differs): the "
+                                f"file was changed after export; re-export it")
+        return self.root / entry.path
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.created,
+                "model": self.model.to_dict(), "io": self.io.to_dict(), "export": _plain(self.export),
+                "artifacts": [a.to_dict() for a in self.artifacts]}
+
+    def description(self) -> Dict[str, Any]:
+        """Everything but the artifact list (what each ONNX file carries in its metadata)."""
+        d = self.to_dict()
+        d.pop("artifacts")
+        d.pop("created")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, origin: str = "manifest", root: Optional[Path] = None,
+                  require_artifacts: bool = True) -> "Manifest":
+        if not isinstance(d, Mapping) or d.get("schema") != SCHEMA:
+            got = d.get("schema") if isinstance(d, Mapping) else type(d).__name__
+            raise ManifestError(f"{origin} is not a lipt-export manifest (schema={got!r})")
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ManifestError(f"{origin} has schema_version {d.get('schema_version')!r}; this lipt-export "
+                                f"{__version__} reads version {SCHEMA_VERSION}: re-export with this version")
+        try:
+            model = ModelInfo.from_dict(_need(d, "model", Mapping, origin), f"{origin}: model")
+            io = IOContract.from_dict(_need(d, "io", Mapping, origin), f"{origin}: io")
+            if model.scale != io.scale:
+                raise ManifestError(f"{origin}: model scale {model.scale} and io scale {io.scale} disagree")
+            raw = _need(d, "artifacts", list, origin) if require_artifacts else d.get("artifacts") or []
+            entries = tuple(ArtifactEntry.from_dict(a, f"{origin}: artifact") for a in raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, ManifestError):
+                raise
+            raise ManifestError(f"{origin} is malformed ({type(exc).__name__}: {exc}); re-export") from None
+        return cls(model, io, d.get("export") or {}, entries, str(d.get("created", "")), root)
 
 
 def versions() -> Dict[str, str]:
@@ -33,60 +259,8 @@ def versions() -> Dict[str, str]:
     import onnxruntime
     import torch
 
-    from lipt_export import __version__
-
     return {"lipt_export": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__}
-
-
-def new_manifest(*, model: Dict[str, Any], io: Dict[str, Any], export: Dict[str, Any]) -> Dict[str, Any]:
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": model, "io": io, "export": {**export, "versions": versions()}, "artifacts": []}
-
-
-def io_contract(scale: int, *, size_multiple: int, min_size: int, recommended_tile: int,
-                tile_required: bool, input_name: str = "lr", output_name: str = "sr",
-                tile_overlap: int = 16) -> Dict[str, Any]:
-    out_hw = ["height", "width"] if scale == 1 else [f"height*{scale}", f"width*{scale}"]
-    return {
-        "input": {"name": input_name, "dtype": "float32", "layout": "NCHW", "color": "RGB",
-                  "shape": ["batch", 3, "height", "width"], "value_range": [0.0, 1.0]},
-        "output": {"name": output_name, "dtype": "float32", "layout": "NCHW", "color": "RGB",
-                   "shape": ["batch", 3, *out_hw], "value_range": [0.0, 1.0], "clamped": False},
-        "scale": scale,
-        # The graph pads to `multiple_of` internally and crops; any size >= `min` is accepted.
-        "size": {"multiple_of": size_multiple, "padded_internally": True, "min": min_size},
-        "tiling": {"recommended_tile": recommended_tile, "overlap": tile_overlap, "required": tile_required},
-    }
-
-
-def artifact_entry(path: str | Path, root: str | Path, *, fmt: str, precision: str, **extra: Any
-                   ) -> Dict[str, Any]:
-    path, root = Path(path), Path(root)
-    entry: Dict[str, Any] = {"path": str(path.relative_to(root)), "format": fmt, "precision": precision,
-                             "sha256": sha256_file(path), "bytes": path.stat().st_size}
-    entry.update(extra)
-    return entry
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "as_dict"):
-        return obj.as_dict()
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def manifest_path(target: str | Path) -> Path:
@@ -94,30 +268,31 @@ def manifest_path(target: str | Path) -> Path:
     return target / MANIFEST_NAME if target.is_dir() else target
 
 
-def read_manifest(target: str | Path) -> Dict[str, Any]:
+def read_manifest(target: str | Path) -> Manifest:
+    """The one reader: an export directory (or its manifest.json) -> a checked :class:`Manifest`."""
     path = manifest_path(target)
     if not path.is_file():
-        raise FileNotFoundError(f"no manifest at {path} (pass an export directory or its manifest.json)")
-    data = json.loads(path.read_text())
-    if data.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not a lipt-export manifest (schema={data.get('schema')!r})")
-    return data
+        raise ManifestError(f"no manifest at {path} (pass an export directory or its manifest.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}); re-export") from None
+    return Manifest.from_dict(data, str(path), root=path.parent)
 
 
-def find_artifact(manifest: Dict[str, Any], path: str) -> Optional[Dict[str, Any]]:
-    return next((a for a in manifest["artifacts"] if a["path"] == path), None)
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    path = Path(directory) / MANIFEST_NAME
+    write_json_atomic(path, manifest.to_dict())
+    return path
 
 
-def embed_onnx_metadata(onnx_path: str | Path, manifest: Dict[str, Any], extra: Dict[str, str] | None = None
-                        ) -> None:
+def embed_onnx_metadata(onnx_path: str | Path, manifest: Manifest, extra: Mapping[str, str] | None = None) -> None:
     """Write the model description into the ONNX file's metadata_props (replacing older entries)."""
     import onnx
 
     model = onnx.load(str(onnx_path))
-    desc = {k: manifest[k] for k in ("schema", "schema_version", "model", "io")}
-    desc["export"] = {k: v for k, v in manifest["export"].items()}
-    props = {METADATA_KEY: json.dumps(desc, default=_json_default), "scale": str(manifest["io"]["scale"]),
-             "model": manifest["model"]["name"], "variant": str(manifest["model"].get("variant")),
+    props = {METADATA_KEY: json.dumps(manifest.description(), default=json_default),
+             "scale": str(manifest.io.scale), "model": manifest.model.name, "variant": str(manifest.model.variant),
              "value_range": "0,1", **(extra or {})}
     keep = [p for p in model.metadata_props if p.key not in props]
     del model.metadata_props[:]
@@ -129,13 +304,25 @@ def embed_onnx_metadata(onnx_path: str | Path, manifest: Dict[str, Any], extra: 
     onnx.save(model, str(onnx_path))
 
 
-def onnx_metadata(onnx_path: str | Path) -> Dict[str, Any]:
+def onnx_properties(onnx_path: str | Path) -> Dict[str, str]:
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def onnx_metadata(onnx_path: str | Path) -> Dict[str, Any]:
+    """The description a lone ONNX file carries, as written (empty when it carries none)."""
+    props = onnx_properties(onnx_path)
     return json.loads(props[METADATA_KEY]) if METADATA_KEY in props else {}
 
 
-def artifact_list(manifest: Dict[str, Any], fmt: Optional[str] = None) -> List[Dict[str, Any]]:
-    return [a for a in manifest["artifacts"] if fmt is None or a["format"] == fmt]
+def onnx_manifest(onnx_path: str | Path) -> Optional[Manifest]:
+    """The description a lone ONNX file carries as a :class:`Manifest` (no artifacts), or None."""
+    desc = onnx_metadata(onnx_path)
+    return Manifest.from_dict(desc, f"{onnx_path} metadata", require_artifacts=False) if desc else None
+
+
+def onnx_precision(onnx_path: str | Path) -> str:
+    """The precision an ONNX artifact declares in its metadata_props (fp32 when it declares none)."""
+    return onnx_properties(onnx_path).get("precision", "fp32")

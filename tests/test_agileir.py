@@ -22,12 +22,15 @@ from lipt_export.cli import main
 from lipt_export.export.onnx_export import export_onnx, spatial_dims
 from lipt_export.export.simplify import simplify_onnx
 from lipt_export.models import agileir
-from lipt_export.models.checkpoint import CheckpointError, load_weights, read_state_dict
+from lipt_export.errors import CheckpointError
+from lipt_export.models.checkpoint import load_weights, read_state_dict
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.registry import build_model, get_spec
 from lipt_export.models.reparam import is_deploy, reparameterize_model
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import compare, natural_inputs, rel_l2
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.parity import compare, rel_l2
 
 # models.md §3.3: parameters of the public model per option file, x2 / x3 / x4
 PARAMS = {"v2": (8_687_424, 8_711_739, 8_745_780), "medium": (8_580_864, 8_605_179, 8_639_220),

@@ -19,11 +19,14 @@ from click.testing import CliRunner
 from lipt_export.cli import main
 from lipt_export.export.onnx_export import spatial_dims
 from lipt_export.models import esrt
-from lipt_export.models.checkpoint import CheckpointError, load_weights, read_state_dict
+from lipt_export.errors import CheckpointError
+from lipt_export.models.checkpoint import load_weights, read_state_dict
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.registry import build_model, get_spec
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import compare, natural_inputs, rel_l2
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.parity import compare, rel_l2
 
 # models.md §2.2 (analytic from the official code; the paper's 677K / 770K / 751K)
 PARAMS = {2: 677_783, 3: 770_263, 4: 751_767}
@@ -195,8 +198,8 @@ def _manual_tiled_reference(model, lr, scale, plan, max_tile):
 
 
 def test_runtime_tiles_by_default_and_matches_manual_tiling(cli_export):
-    from lipt_export.serving import load_runner
-    from lipt_export.tiling import TiledRunner
+    from lipt_export.runtime.loader import load_runner
+    from lipt_export.runtime.tiling import TiledRunner
 
     runner = load_runner(cli_export, backend="onnxruntime", threads=2)
     assert isinstance(runner, TiledRunner) and runner.tile == 64 and runner.overlap == 16

@@ -15,15 +15,16 @@ from PIL import Image
 
 from lipt_export import manifest as mf
 from lipt_export.cli import main
-from lipt_export.evaluate import evaluate
+from lipt_export.validation.evaluate import evaluate
 from lipt_export.export.onnx_export import export_onnx
-from lipt_export.imresize import imresize
-from lipt_export.metrics import crop_to_multiple
+from lipt_export.validation.imresize import imresize
+from lipt_export.validation.metrics import crop_to_multiple
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.registry import build_model
 from lipt_export.models.reparam import reparameterize_model
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import synthetic_image
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import synthetic_image
 
 SEED = 0
 
@@ -68,9 +69,8 @@ def demo(tmp_path_factory):
     onnx_path = out / "smsr-base-x2" / "model.onnx"
     onnx_path.parent.mkdir()
     export_onnx(UnitRangeIO(deploy, spec.rgb_range), onnx_path, sample_hw=(32, 32))
-    man = mf.new_manifest(model={"name": "smsr", "variant": variant, "scale": 2},
-                          io=mf.io_contract(2, size_multiple=2, min_size=1, recommended_tile=256,
-                                            tile_required=False),
+    man = mf.Manifest.new(model=mf.ModelInfo("smsr", variant, 2),
+                          io=mf.IOContract(2, multiple_of=2, min_size=1, recommended_tile=256, tile_required=False),
                           export={"opset": 17})
     mf.embed_onnx_metadata(onnx_path, man)
     return deploy, ckpt, onnx_path

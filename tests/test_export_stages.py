@@ -9,11 +9,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipt_export.export.onnx_export import ExportError, export_onnx, node_count, spatial_dims
+from lipt_export.errors import ExportError
+from lipt_export.export.onnx_export import export_onnx, node_count, spatial_dims
 from lipt_export.export.simplify import simplify_onnx
-from lipt_export.models.checkpoint import CheckpointError, load_weights, normalize_state_dict
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import compare, natural_inputs, psnr, rel_l2
+from lipt_export.errors import CheckpointError
+from lipt_export.models.checkpoint import load_weights, normalize_state_dict
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.metrics import psnr
+from lipt_export.validation.parity import compare, rel_l2
 
 
 class SmallSR(nn.Module):

@@ -12,11 +12,13 @@ import onnx
 import pytest
 import torch
 
-from lipt_export.export.fp16 import FP16_MAX, convert_fp16
+from lipt_export.export.precision.fp16 import FP16_MAX, convert_fp16
 from lipt_export.export.onnx_export import export_onnx
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import natural_inputs, psnr
-from precision_nets import AttnSR, ConvSR
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.metrics import psnr
+from helpers.precision_nets import AttnSR, ConvSR
 
 SIZES = [(32, 32), (37, 51)]  # the second is not a multiple of the 8-pixel window
 
@@ -29,8 +31,8 @@ def attn(tmp_path_factory):
     path = d / "attn.onnx"
     export_onnx(model, path, sample_hw=(32, 32))
     calib = natural_inputs([(32, 32)] * 2, seed=3)
-    guarded = convert_fp16(path, d / "attn.fp16.onnx", calib_inputs=calib, keep_io_fp32=True, log=lambda m: None)
-    convert_fp16(path, d / "attn.unguarded.onnx", calib_inputs=calib, guard=False, log=lambda m: None)
+    guarded = convert_fp16(path, d / "attn.fp16.onnx", calib_inputs=calib, keep_io_fp32=True)
+    convert_fp16(path, d / "attn.unguarded.onnx", calib_inputs=calib, guard=False)
     return model, d, guarded
 
 
@@ -72,7 +74,7 @@ def test_conv_net_needs_no_islands_and_fp16_io(tmp_path):
     path = tmp_path / "conv.onnx"
     export_onnx(model, path, sample_hw=(32, 32))
     extra = convert_fp16(path, tmp_path / "conv.fp16.onnx", calib_inputs=natural_inputs([(32, 32)], seed=2),
-                         keep_io_fp32=False, log=lambda m: None)
+                         keep_io_fp32=False)
     assert extra["fp16_islands"] == [] and extra["fp16_io"] == "float16"
     runner = OnnxRuntimeRunner(tmp_path / "conv.fp16.onnx")
     assert runner.input_dtype == np.float16
@@ -86,4 +88,4 @@ def test_guard_needs_inputs(tmp_path):
     path = tmp_path / "conv.onnx"
     export_onnx(ConvSR().eval(), path, sample_hw=(32, 32))
     with pytest.raises(ValueError, match="calibration inputs"):
-        convert_fp16(path, tmp_path / "x.onnx", calib_inputs=[], log=lambda m: None)
+        convert_fp16(path, tmp_path / "x.onnx", calib_inputs=[])

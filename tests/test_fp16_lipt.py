@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from lipt_export.validation import shared_dir
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "lipt_tiny_x2.pt"
 FP16_MAX_DELTA = 0.05
@@ -25,39 +24,36 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 @pytest.fixture(scope="module")
-def lipt_artifacts(tmp_path_factory):
-    root = shared_dir()
+def lipt_artifacts(tmp_path_factory, shared):
     # The trained checkpoint when present (the documented figures); otherwise (a fresh clone, CI) LIPT's
     # calibrated test init, whose attention logits are moderate too, so the comparison is still meaningful.
     weights = str(CHECKPOINT) if CHECKPOINT.is_file() else None
-    if root is None or not (root / "datasets" / "Set5" / "LR_bicubic" / "X2").is_dir():
-        pytest.skip("../shared (Set5 X2, calibration images) is absent")
-    from lipt_export.export.fp16 import convert_fp16
-    from lipt_export.export.int8 import quantize_int8
+    set5, calib = shared.require("datasets/Set5", "datasets/calib_urban100_001-010")
+    shared.require("datasets/Set5/LR_bicubic/X2")
+    from lipt_export.export.precision.fp16 import convert_fp16
+    from lipt_export.export.precision.int8 import quantize_int8
     from lipt_export.export.onnx_export import export_onnx
-    from lipt_export.export.pipeline import prepare_model
+    from lipt_export.models.loading import prepare_model
     from lipt_export.export.simplify import simplify_onnx
     from lipt_export.models.io import UnitRangeIO
     from lipt_export.models.registry import get_spec
-    from lipt_export.validation import natural_inputs
+    from lipt_export.validation.inputs import natural_inputs
 
     spec = get_spec("lipt")
     _, deploy, _ = prepare_model(spec, "tiny", 2, weights, seed=0)
     d = tmp_path_factory.mktemp("lipt_precision")
-    calib = root / "datasets" / "calib_urban100_001-010"
     export_onnx(UnitRangeIO(deploy, spec.rgb_range).eval(), d / "raw.onnx", sample_hw=(64, 64))
     simplify_onnx(d / "raw.onnx", d / "model.onnx")
-    quiet = dict(log=lambda m: None)
     fp16 = convert_fp16(d / "model.onnx", d / "model.fp16.onnx",
-                        calib_inputs=natural_inputs([(64, 64)] * 4, calib, seed=1), keep_io_fp32=True, **quiet)
+                        calib_inputs=natural_inputs([(64, 64)] * 4, calib, seed=1), keep_io_fp32=True)
     int8 = quantize_int8(d / "model.onnx", d / "model.int8.onnx", calib_dir=calib, count=8, size=48, scale=2,
-                         cache_dir=d / "cache", **quiet)["int8"]
-    return {"dir": d, "fp16": fp16, "int8": int8, "set5": root / "datasets" / "Set5"}
+                         cache_dir=d / "cache")["int8"]
+    return {"dir": d, "fp16": fp16, "int8": int8, "set5": set5}
 
 
 def test_fp16_is_finite_and_within_0_05_db(lipt_artifacts):
-    from lipt_export.evaluate import evaluate
-    from lipt_export.runners import OnnxRuntimeRunner
+    from lipt_export.validation.evaluate import evaluate
+    from lipt_export.runtime.ort import OnnxRuntimeRunner
 
     d = lipt_artifacts["dir"]
     runners = [OnnxRuntimeRunner(d / "model.onnx", name="fp32"),

@@ -5,22 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipt_export.imresize import contributions, cubic, imresize, output_length, resize_matrix
-from lipt_export.validation import list_images, shared_dir
+from lipt_export.validation.imresize import contributions, cubic, imresize, output_length, resize_matrix
+from lipt_export.images import list_images
 
 
-def _set5():
-    root = shared_dir()
-    d = root / "datasets" / "Set5" if root else None
-    if d is None or not (d / "LR_bicubic" / "X2").is_dir():
-        pytest.skip("../shared/datasets/Set5 (HR + LR_bicubic/X2) is absent")
-    return d
+@pytest.fixture(scope="module")
+def set5(shared):
+    return shared.require("datasets/Set5", "datasets/Set5/LR_bicubic/X2")[0]
 
 
-def _match(order=None, round_each_pass=True):
+def _match(d, order=None, round_each_pass=True):
     from PIL import Image
 
-    d = _set5()
     same = total = 0
     worst = 0
     for hr_path in list_images(d / "HR"):
@@ -37,17 +33,17 @@ def _match(order=None, round_each_pass=True):
     return same / total, worst
 
 
-def test_matches_shared_set5_x2_lr_files():
-    share, worst = _match()
+def test_matches_shared_set5_x2_lr_files(set5):
+    share, worst = _match(set5)
     print(f"imresize vs Set5 LR_bicubic/X2: {100 * share:.4f}% identical pixels, max |diff| {worst}")
     assert share >= 0.999 and worst <= 1
 
 
-def test_per_pass_rounding_and_order_matter():
+def test_per_pass_rounding_and_order_matter(set5):
     """Rounding only at the end, or columns first, each lose the match: the MATLAB details are real."""
-    share_end, _ = _match(round_each_pass=False)
-    share_cols_first, _ = _match(order=(1, 0))
-    share, _ = _match()
+    share_end, _ = _match(set5, round_each_pass=False)
+    share_cols_first, _ = _match(set5, order=(1, 0))
+    share, _ = _match(set5)
     print(f"identical: per-pass rows-first {share:.4%}, end-rounded {share_end:.4%}, cols-first "
           f"{share_cols_first:.4%}")
     assert share > share_end and share > share_cols_first

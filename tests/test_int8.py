@@ -8,16 +8,17 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from lipt_export.calibration.data import CalibrationDataError, load_calibration_set
-from lipt_export.export.int8 import QUANT_OP_TYPES, quantize_int8
+from lipt_export.errors import CalibrationDataError
+from lipt_export.export.precision.calibration.data import load_calibration_set
+from lipt_export.export.precision.int8 import QUANT_OP_TYPES, quantize_int8
 from lipt_export.export.lint import lint_onnx
 from lipt_export.export.onnx_export import export_onnx
-from lipt_export.manifest import sha256_file
-from lipt_export.runners import OnnxRuntimeRunner
-from lipt_export.validation import natural_inputs, psnr
-from precision_nets import ConvSR, fit_identity_sr, synthetic_image_folder
+from lipt_export.fileio import sha256_file
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.metrics import psnr
+from helpers.precision_nets import ConvSR, fit_identity_sr, synthetic_image_folder
 
-QUIET = dict(log=lambda m: None)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def setup(tmp_path_factory):
     fp32 = d / "conv.onnx"
     export_onnx(model, fp32, sample_hw=(32, 32))
     images = synthetic_image_folder(d / "images", count=5)
-    kwargs = dict(calib_dir=images, count=8, size=24, scale=2, cache_dir=d / "cache", **QUIET)
+    kwargs = dict(calib_dir=images, count=8, size=24, scale=2, cache_dir=d / "cache")
     first = quantize_int8(fp32, d / "conv.int8.onnx", **kwargs)["int8"]
     return d, fp32, images, kwargs, first
 

@@ -18,7 +18,6 @@ from click.testing import CliRunner
 
 from lipt_export.cli import main
 from lipt_export.export.pipeline import ExportConfig, run_export
-from lipt_export.validation import shared_dir
 
 FP16_MAX_DELTA = 0.01
 INT8_MAX_DROP = 0.10
@@ -27,20 +26,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 @pytest.fixture(scope="module")
-def precision(tmp_path_factory):
-    root = shared_dir()
-    if root is None:
-        pytest.skip("../shared is absent (official SMSR checkpoint, Set5, calibration images)")
-    ckpt = root / "checkpoints" / "smsr" / "SMSR_x2_official.pt"
-    set5 = root / "datasets" / "Set5"
-    calib = root / "datasets" / "calib_urban100_001-010"
-    if not (ckpt.is_file() and (set5 / "LR_bicubic" / "X2").is_dir() and calib.is_dir()):
-        pytest.skip("../shared lacks the SMSR x2 checkpoint, Set5 X2 or the calibration images")
+def precision(tmp_path_factory, shared):
+    ckpt, set5, calib, _ = shared.require("checkpoints/smsr/SMSR_x2_official.pt", "datasets/Set5",
+                                          "datasets/calib_urban100_001-010", "datasets/Set5/LR_bicubic/X2")
     out = tmp_path_factory.mktemp("smsr_precision")
     t0 = time.perf_counter()
     result = run_export(ExportConfig(model="smsr", scale=2, weights=str(ckpt), out=str(out), fp16=True, int8=True,
                                      calib=str(calib), calib_count=16, calib_size=64,
-                                     parity_sizes=((48, 48), (37, 51))), log=lambda msg: None)
+                                     parity_sizes=((48, 48), (37, 51))))
     t_export = time.perf_counter() - t0
     report_path = out / "eval.json"
     res = CliRunner().invoke(main, ["eval", "--model", "smsr", "--scale", "2", "--weights", str(ckpt),
@@ -50,7 +43,7 @@ def precision(tmp_path_factory):
     report = json.loads(report_path.read_text())
     by_precision = {r["precision"]: r for r in report["results"][1:]}
     eager = report["results"][0]
-    int8 = next(a for a in result.manifest["artifacts"] if a["precision"] == "int8")["int8"]
+    int8 = next(a for a in result.manifest.to_dict()["artifacts"] if a["precision"] == "int8")["int8"]
     print(f"\nexport+fp16+int8 {t_export:.1f}s; Set5 PSNR-Y eager {eager['psnr_y']:.4f}, "
           + ", ".join(f"{p} {r['psnr_y']:.4f} ({r['psnr_y'] - eager['psnr_y']:+.4f})" for p, r in by_precision.items())
           + f"; INT8 nodes in float {len(int8['nodes_in_float'])}/{int8['quantizable_nodes']}, held-out drop "
@@ -80,7 +73,7 @@ def test_calibrated_on_the_shared_calibration_images_only(precision):
 
 
 def test_every_artifact_lints_clean(precision):
-    man = precision["export"].manifest
+    man = precision["export"].manifest.to_dict()
     assert [a["precision"] for a in man["artifacts"]] == ["fp32", "fp16", "int8"]
     for a in man["artifacts"]:
         assert a["lint"]["errors"] == 0, (a["path"], a["lint"]["findings"])

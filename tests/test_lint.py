@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lipt_export.export.lint import lint_onnx, load_support_data
 from lipt_export.export.onnx_export import export_onnx
-from precision_nets import ConvSR
+from helpers.precision_nets import ConvSR
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=17):
@@ -61,8 +61,8 @@ def test_asymmetric_uint8_qdq_is_an_error(conv_onnx, tmp_path):
     # The CPU-style recipe: asymmetric UINT8 activations (zero point != 0), INT32 biases.
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from lipt_export.calibration.ranges import ListReader
-    from lipt_export.validation import natural_inputs
+    from lipt_export.export.precision.calibration.ranges import ListReader
+    from lipt_export.validation.inputs import natural_inputs
 
     out = tmp_path / "u8.onnx"
     quantize_static(str(conv_onnx), str(out), ListReader("lr", natural_inputs([(24, 24)] * 2, seed=1)),

@@ -10,8 +10,9 @@ import re
 import pytest
 import torch
 
-from lipt_export.models.checkpoint import CheckpointError, load_weights, read_state_dict
-from lipt_export.models.hrm import RepConv3x3
+from lipt_export.errors import CheckpointError
+from lipt_export.models.checkpoint import load_weights, read_state_dict
+from lipt_export.models.lipt.hrm import RepConv3x3
 from lipt_export.models.lipt import build_lipt
 from lipt_export.models.registry import get_spec
 from lipt_export.models.reparam import reparameterize_model

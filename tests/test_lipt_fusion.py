@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipt_export.models.hrm import HRM, RepConv3x3
+from lipt_export.models.lipt.hrm import HRM, RepConv3x3
 from lipt_export.models.lipt import build_lipt, count_parameters, init_lipt_for_tests
-from lipt_export.models.nvsm import NVSMAttention
+from lipt_export.models.lipt.nvsm import NVSMAttention
 from lipt_export.models.reparam import is_deploy, reparameterize_model
 
 TOL = 1e-9

@@ -18,10 +18,12 @@ from lipt_export.export.onnx_export import export_onnx, spatial_dims
 from lipt_export.export.simplify import simplify_onnx
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.lipt import build_lipt, init_lipt_for_tests
-from lipt_export.models.nvsm import NVSMAttention
+from lipt_export.models.lipt.nvsm import NVSMAttention
 from lipt_export.models.reparam import reparameterize_model
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import compare, natural_inputs
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.parity import compare
 
 SIZES = [(32, 32), (37, 51)]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lipt_export.models.nvsm import NVSMAttention, official_sparse_mask, sparse_indices, sparse_resample
+from lipt_export.models.lipt.nvsm import NVSMAttention, official_sparse_mask, sparse_indices, sparse_resample
 
 # The literal masks from the official code (mask_1/mask_2 for ws 8, mask_3/mask_4 for ws 16).
 OFFICIAL_MASKS = {
@@ -129,7 +129,7 @@ def test_attention_units_match_loop_reference(shift):
 def test_composed_window_indices_equal_roll_pi_partition(ws, h, w, shift):
     """The deployed graph's one-gather indices equal the step-by-step roll -> pi -> window partition, and the
     pixel index inverts the dense one (window reverse + roll back)."""
-    from lipt_export.models.nvsm import WindowIndex, to_windows
+    from lipt_export.models.lipt.nvsm import WindowIndex, to_windows
 
     x = torch.randn(2, 5, h, w, generator=torch.Generator().manual_seed(ws + h + w))
     s = ws // 2 if shift else 0

@@ -6,8 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from lipt_export.metrics import (PSNR_CAP_DB, as_rgb, crop_to_multiple, gaussian_window, psnr_y, rgb_to_y,
-                                 sr_scores, ssim_gray, ssim_y, to_uint8)
+from lipt_export.validation.metrics import (PSNR_CAP_DB, as_rgb, crop_to_multiple, gaussian_window, psnr_y, rgb_to_y, sr_scores, ssim_gray, ssim_y, to_uint8)
 
 
 def _gray(v, h=20, w=24):

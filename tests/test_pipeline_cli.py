@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import manifest_json
 from lipt_export import manifest as mf
 from lipt_export.cli import main
 from lipt_export.export import pipeline
@@ -20,8 +21,10 @@ from lipt_export.export.onnx_export import spatial_dims
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.registry import build_model, get_spec
 from lipt_export.models.reparam import reparameterize_model
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import compare, natural_inputs
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.parity import compare
 
 ARGS = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--no-lint"]
 
@@ -48,7 +51,7 @@ def exported(tmp_path_factory):
 def test_export_writes_artifacts_manifest_and_report(exported):
     out_dir, output = exported
     assert sorted(p.name for p in out_dir.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
-    man = mf.read_manifest(out_dir)
+    man = manifest_json(out_dir)
     assert man["schema_version"] == mf.SCHEMA_VERSION
     assert man["model"]["name"] == "lipt" and man["model"]["scale"] == 2
     (art,) = man["artifacts"]
@@ -91,7 +94,7 @@ def test_train_and_deploy_checkpoints(tmp_path):
     for ckpt, form in (("train.pt", "train"), ("deploy.pth", "deploy")):
         res = _run([*ARGS, "--weights", str(tmp_path / ckpt), "--out", str(tmp_path / "o"), "--name", form])
         assert res.exit_code == 0, res.output
-        man = mf.read_manifest(tmp_path / "o" / form)
+        man = manifest_json(tmp_path / "o" / form)
         assert man["model"]["weights"]["form"] == form
         assert ("parity_vs_train_graph" in man["artifacts"][0]) == (form == "train")
     # same weights, either form: the two fp32 artifacts compute the same function

@@ -9,11 +9,15 @@ import pytest
 import torch
 
 import lipt_export
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.serving import ArtifactError, load_runner, open_artifact, ort_providers
-from lipt_export.tiling import TiledRunner
-from lipt_export.validation import compare, natural_inputs, rel_l2
-from serving_toys import ConvSR, add_fp16_io_artifact, make_export
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.errors import ArtifactError
+from lipt_export.runtime.loader import load_runner, open_artifact
+from lipt_export.runtime.ort import ort_providers
+from lipt_export.runtime.tiling import TiledRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.parity import compare, rel_l2
+from helpers.serving_toys import ConvSR, add_fp16_io_artifact, make_export
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,7 @@ def test_export_dir_manifest_and_onnx_all_give_the_fp32_onnx_runner(toy):
                load_runner(d / "model.onnx", name="file")]
     for r in runners:
         assert isinstance(r, OnnxRuntimeRunner) and r.precision == "fp32" and r.device == "cpu"
-        assert r.artifact.scale == 2 and r.artifact.entry["path"] == "model.onnx"
+        assert r.artifact.scale == 2 and r.artifact.entry.path == "model.onnx"
     for par in compare(TorchRunner(model), runners, inputs):
         assert par.rel_l2 < 1e-5, par
 
@@ -104,7 +108,7 @@ def test_lone_onnx_file_describes_itself(toy, tmp_path):
     _, d = toy
     shutil.copyfile(d / "model.onnx", tmp_path / "lone.onnx")
     art = open_artifact(tmp_path / "lone.onnx")
-    assert art.manifest["io"]["scale"] == 2 and art.entry is None and art.precision == "fp32"
+    assert art.manifest.io.scale == 2 and art.entry is None and art.precision == "fp32"
 
 
 def test_ort_providers_are_installed_ones_with_cpu_last():
@@ -140,12 +144,12 @@ def test_module_and_checkpoint_runners(tmp_path):
 
 
 def test_default_overlap_is_at_least_eight_windows(tmp_path):
-    from lipt_export.serving import default_overlap
-    from serving_toys import WindowSR
+    from lipt_export.runtime.tiling import TilingPolicy
+    from helpers.serving_toys import WindowSR
 
-    assert default_overlap({"size": {"multiple_of": 1}, "tiling": {"overlap": 16}}) == 16
-    assert default_overlap({"size": {"multiple_of": 8}, "tiling": {"overlap": 16}}) == 64
-    assert default_overlap({"size": {"multiple_of": 8}, "tiling": {"overlap": 96}}) == 96
+    assert TilingPolicy.context_overlap(1, 16) == 16
+    assert TilingPolicy.context_overlap(8, 16) == 64
+    assert TilingPolicy.context_overlap(8, 96) == 96
     d = make_export(tmp_path, WindowSR(scale=2), multiple_of=8)
     runner = load_runner(d, tile=128)
     assert runner.overlap == 64 and runner.multiple_of == 8

@@ -7,9 +7,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from lipt_export.cli import main
-from lipt_export.runners import TorchRunner
-from lipt_export.validation import rel_l2, synthetic_image
-from serving_toys import ConvSR, make_export
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.validation.inputs import synthetic_image
+from lipt_export.validation.parity import rel_l2
+from helpers.serving_toys import ConvSR, make_export
 
 
 @pytest.fixture(scope="module")

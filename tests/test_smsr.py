@@ -15,14 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from lipt_export.export.onnx_export import export_onnx
-from lipt_export.models.checkpoint import CheckpointError, load_weights, read_state_dict
+from lipt_export.errors import CheckpointError
+from lipt_export.models.checkpoint import load_weights, read_state_dict
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.registry import build_model, get_spec
 from lipt_export.models.reparam import is_deploy, reparameterize_model
-from lipt_export.models.smsr import (SparseMaskBody, SparseMaskModule, hard_channel_masks, hard_spatial_mask,
-                                     smsr_parity_extras)
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import compare, natural_inputs, rel_l2, shared_dir
+from lipt_export.models.smsr import SparseMaskBody, SparseMaskModule, hard_channel_masks, hard_spatial_mask
+from lipt_export.validation.extras import smsr_parity_extras
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.parity import compare, rel_l2
 
 SEED = 5
 
@@ -38,7 +41,7 @@ def _input(h, w, seed=0, dtype=torch.float64):
     return torch.from_numpy(natural_inputs([(h, w)], seed=seed)[0]).to(dtype) * 255.0
 
 
-def test_official_key_layout():
+def test_official_key_layout(shared):
     for scale in (2, 3, 4):
         sd = build_model("smsr", None, scale)[2].state_dict()
         assert len(sd) == 99
@@ -49,9 +52,8 @@ def test_official_key_layout():
         assert sd[f"body.{k}.spa_mask.5.weight"].shape == (16, 2, 3, 3)  # ConvTranspose layout
         assert sd[f"body.{k}.body.collect.weight"].shape == (64, 256, 1, 1)
     assert sd["collect.0.weight"].shape == (64, 320, 1, 1)
-    root = shared_dir()
-    ckpt = root / "checkpoints" / "smsr" / "SMSR_x2_official.pt" if root else None
-    if ckpt is not None and ckpt.is_file():
+    ckpt = shared.find("checkpoints/smsr/SMSR_x2_official.pt")
+    if ckpt is not None:
         assert set(read_state_dict(ckpt)) == set(sd)
 
 

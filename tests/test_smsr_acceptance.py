@@ -19,32 +19,23 @@ from PIL import Image
 from lipt_export import manifest as mf
 from lipt_export.cli import main
 from lipt_export.export.pipeline import ExportConfig, run_export
-from lipt_export.models.smsr import smsr_parity_extras
-from lipt_export.validation import shared_dir
+from lipt_export.validation.extras import smsr_parity_extras
 
 EAGER_MIN_PSNR = 37.99
 ONNX_MAX_DELTA = 0.005
 
 
-def _shared_paths():
-    root = shared_dir()
-    if root is None:
-        pytest.skip("../shared is absent (official SMSR checkpoint and Set5)")
-    ckpt = root / "checkpoints" / "smsr" / "SMSR_x2_official.pt"
-    set5 = root / "datasets" / "Set5"
-    if not ckpt.is_file() or not (set5 / "LR_bicubic" / "X2").is_dir():
-        pytest.skip("../shared lacks checkpoints/smsr/SMSR_x2_official.pt or datasets/Set5/LR_bicubic/X2")
-    return ckpt, set5
 
 
 
 @pytest.fixture(scope="module")
-def official(tmp_path_factory):
-    ckpt, set5 = _shared_paths()
+def official(tmp_path_factory, shared):
+    ckpt, set5, _ = shared.require("checkpoints/smsr/SMSR_x2_official.pt", "datasets/Set5",
+                                   "datasets/Set5/LR_bicubic/X2")
     out = tmp_path_factory.mktemp("smsr_export")
     t0 = time.perf_counter()
     result = run_export(ExportConfig(model="smsr", scale=2, weights=str(ckpt), out=str(out),
-                                     parity_sizes=((48, 48), (37, 51)), lint=False), log=lambda msg: None)
+                                     parity_sizes=((48, 48), (37, 51)), lint=False))
     t_export = time.perf_counter() - t0
     report_path = out / "eval.json"
     t0 = time.perf_counter()
@@ -69,7 +60,7 @@ def test_exported_onnx_matches_eager_on_set5(official):
     eager, *arts = report["results"]
     onnx_fp32 = [a for a in arts if a["artifact"].endswith("/model.onnx")]
     assert len(onnx_fp32) == 1 and onnx_fp32[0]["precision"] == "fp32"
-    assert len(arts) == len([a for a in official["export"].manifest["artifacts"] if a["format"] == "onnx"])
+    assert len(arts) == len([a for a in official["export"].manifest.to_dict()["artifacts"] if a["format"] == "onnx"])
     art = onnx_fp32[0]
     assert abs(art["psnr_y"] - eager["psnr_y"]) <= ONNX_MAX_DELTA, (art["psnr_y"], eager["psnr_y"])
     assert abs(art["ssim_y"] - eager["ssim_y"]) <= 1e-4
@@ -77,12 +68,12 @@ def test_exported_onnx_matches_eager_on_set5(official):
 
 def test_mask_flips_reported(official):
     result = official["export"]
-    (entry,) = [a for a in result.manifest["artifacts"] if a["path"] == "model.onnx"]
+    (entry,) = [a for a in result.manifest.to_dict()["artifacts"] if a["path"] == "model.onnx"]
     par = entry["parity"]
     assert isinstance(par["mask_flips"], int) and par["mask_pixels"] == 5 * (48 * 48 + 38 * 52)
     lr = np.asarray(Image.open(official["set5"] / "LR_bicubic" / "X2" / "butterfly.png").convert("RGB"))
     x = np.ascontiguousarray(lr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
-    from lipt_export.export.pipeline import prepare_model
+    from lipt_export.models.loading import prepare_model
     from lipt_export.models.registry import get_spec
 
     _, deploy, _ = prepare_model(get_spec("smsr"), "base", 2, str(official["ckpt"]), 0)

@@ -9,9 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from lipt_export.engines import tensorrt_status
-from lipt_export.engines.shapes import MAX_ELEMENTS, ProfileError, ProfileSpec, check_max_shape, largest_tensor, parse_profile
-from lipt_export.engines.tensorrt import EngineError, check_engine_compat, engine_parity_ok
-from serving_toys import ConvSR, WindowSR, make_export
+from lipt_export.engines.shapes import MAX_ELEMENTS, ProfileSpec, check_max_shape, largest_tensor, parse_profile
+from lipt_export.errors import ProfileError
+from lipt_export.engines.tensorrt import engine_parity_ok
+from lipt_export.errors import EngineError
+from lipt_export.runtime.trt import check_engine_compat
+from helpers.serving_toys import ConvSR, WindowSR, make_export
 
 TRT_OK, TRT_WHY = tensorrt_status()
 needs_trt = pytest.mark.skipif(not TRT_OK, reason=TRT_WHY)
@@ -73,7 +76,8 @@ def test_engine_parity_rule():
 @pytest.mark.skipif(TRT_OK, reason="TensorRT is usable here; the missing-TensorRT path cannot be shown")
 def test_without_tensorrt_everything_fails_at_once(tmp_path):
     from lipt_export.cli import main
-    from lipt_export.engines.tensorrt import build_engines_for_export, load_engine_runner
+    from lipt_export.engines.tensorrt import build_engines_for_export
+    from lipt_export.runtime.trt import load_engine_runner
 
     from lipt_export.models.registry import available_models
 
@@ -97,18 +101,21 @@ def test_engine_build_load_and_parity(tmp_path):
     """On a TensorRT machine: fp32 engine from a real ONNX, pure plan on disk, parity via the comparator,
     tiling beyond the profile, and the manifest checks on load."""
     from lipt_export import manifest as mf
-    from lipt_export.engines.tensorrt import build_engines_for_export, load_engine_runner
-    from lipt_export.runners import TorchRunner
-    from lipt_export.validation import natural_inputs, rel_l2
+    from lipt_export.engines.tensorrt import EngineOptions, build_engines_for_export
+    from lipt_export.runtime.trt import load_engine_runner
+    from lipt_export.runtime.eager import TorchRunner
+    from lipt_export.validation.inputs import natural_inputs
+    from lipt_export.validation.parity import rel_l2
 
     model = ConvSR(scale=2)
     d = make_export(tmp_path, model)
     man = mf.read_manifest(d)
     inputs = natural_inputs([(64, 64), (37, 51)], seed=0)
-    entries = build_engines_for_export(d, [(d / "model.onnx", "fp32", {})], man,
-                                       {"shapes": "32x32:64x64:96x96", "batch": "1:1:2"}, inputs,
-                                       TorchRunner(model), log=lambda m: None)
-    (entry,) = entries
+    entries = build_engines_for_export(d, man.select("onnx", "fp32"), man,
+                                       EngineOptions(shapes="32x32:64x64:96x96", batch="1:1:2"), inputs,
+                                       TorchRunner(model))
+    (typed_entry,) = entries
+    entry = typed_entry.to_dict()
     plan = (d / entry["path"]).read_bytes()
     assert entry["format"] == "tensorrt" and entry["sha256"] == mf.sha256_file(d / entry["path"])
     assert entry["parity"]["rel_l2"] < 1e-4
@@ -116,9 +123,9 @@ def test_engine_build_load_and_parity(tmp_path):
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
     assert runtime.deserialize_cuda_engine(plan) is not None  # the file is the plan, nothing prepended
-    runner = load_engine_runner(d / entry["path"], entry, man)
+    runner = load_engine_runner(d / entry["path"], typed_entry, man)
     (big,) = natural_inputs([(150, 200)], seed=1)  # beyond the 96x96 profile: tiled
     assert rel_l2(runner.infer(big), TorchRunner(model).infer(big)) < 1e-4
     with pytest.raises(EngineError, match="rebuild"):
-        load_engine_runner(d / entry["path"], {**entry, "tensorrt_version": "0.0"}, man)
+        load_engine_runner(d / entry["path"], typed_entry.with_details(tensorrt_version="0.0"), man)
     assert np.isfinite(runner.infer(big)).all()

@@ -7,10 +7,11 @@ import itertools
 import numpy as np
 import pytest
 
-from lipt_export.runners import TorchRunner
-from lipt_export.tiling import ProfileFitRunner, TiledRunner, axis_arcs, axis_weights
-from lipt_export.validation import natural_inputs, rel_l2
-from serving_toys import ConvSR, CyclicSR, WindowSR
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.tiling import ProfileFitRunner, TiledRunner, axis_arcs, axis_weights
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.parity import rel_l2
+from helpers.serving_toys import ConvSR, CyclicSR, WindowSR
 
 
 def _unrolled(arc):

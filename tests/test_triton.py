@@ -9,10 +9,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from helpers import manifest_json
 from lipt_export import manifest as mf
 from lipt_export.cli import main
-from lipt_export.engines.triton import TritonError, model_config_pb2, parse_config, write_triton_model
-from serving_toys import add_fp16_io_artifact, make_export
+from lipt_export.engines.triton import model_config_pb2, parse_config, write_triton_model
+from lipt_export.errors import TritonError
+from helpers.serving_toys import add_fp16_io_artifact, make_export
 
 pb2 = model_config_pb2()
 pytestmark = pytest.mark.skipif(pb2 is None, reason="tritonclient (Triton's model_config_pb2) is not installed; "
@@ -42,7 +44,7 @@ def _check_io_against_onnx(cfg, onnx_path, manifest):
 
 @pytest.mark.parametrize("precision,dtype", [("fp32", "TYPE_FP32"), ("fp16", "TYPE_FP16")])
 def test_onnx_model_config(export_dir, tmp_path, precision, dtype):
-    man = mf.read_manifest(export_dir)
+    man = manifest_json(export_dir)
     res = write_triton_model(export_dir, tmp_path / "repo", precision=precision, max_batch=4, instances=2)
     cfg = _load(res)
     entry = res["entry"]
@@ -55,7 +57,7 @@ def test_onnx_model_config(export_dir, tmp_path, precision, dtype):
     assert group.count == 2 and pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_AUTO"
     assert not cfg.HasField("dynamic_batching")
     assert (res["dir"] / "1" / "model.onnx").read_bytes() == (export_dir / entry["path"]).read_bytes()
-    assert mf.read_manifest(res["dir"])["model"] == man["model"]
+    assert manifest_json(res["dir"])["model"] == man["model"]
 
 
 def test_dynamic_batching_and_unbatched_configs(export_dir, tmp_path):
@@ -78,12 +80,11 @@ def test_plan_config_from_a_tensorrt_manifest_entry(export_dir, tmp_path):
     shutil.copytree(export_dir, d)
     placeholder = d / "model.fp16.engine"
     placeholder.write_bytes(b"placeholder bytes for a config test")
-    man = mf.read_manifest(d)
-    man["artifacts"].append(mf.artifact_entry(
+    man = mf.read_manifest(d).with_artifacts([mf.ArtifactEntry.for_file(
         placeholder, d, fmt="tensorrt", precision="fp16", fp16_io="float16", source_onnx="model.fp16.onnx",
         tensorrt_version="11.4.0", gpu="NVIDIA H100", compute_capability="9.0",
-        profile={"input": "lr", "min": [1, 3, 32, 32], "opt": [2, 3, 256, 256], "max": [4, 3, 512, 512]}))
-    mf.write_json_atomic(d / mf.MANIFEST_NAME, man)
+        profile={"input": "lr", "min": [1, 3, 32, 32], "opt": [2, 3, 256, 256], "max": [4, 3, 512, 512]})])
+    mf.write_manifest(d, man)
     res = write_triton_model(d, tmp_path / "repo", precision="fp16", max_batch=4)
     cfg = _load(res)
     assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 4

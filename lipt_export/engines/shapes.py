@@ -13,35 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from lipt_export.errors import ProfileError
+from lipt_export.runtime.trt import ProfileSpec
+
 MAX_ELEMENTS = 2 ** 31
-
-
-class ProfileError(ValueError):
-    """A bad --shapes/--batch value or a profile TensorRT cannot build (one line with the fix)."""
-
-
-@dataclass(frozen=True)
-class ProfileSpec:
-    """One optimization profile: LR H x W and batch, each as (min, opt, max)."""
-
-    min_hw: Tuple[int, int]
-    opt_hw: Tuple[int, int]
-    max_hw: Tuple[int, int]
-    batch: Tuple[int, int, int] = (1, 1, 1)
-    channels: int = 3
-
-    def shape(self, which: str) -> List[int]:
-        i = ("min", "opt", "max").index(which)
-        hw = (self.min_hw, self.opt_hw, self.max_hw)[i]
-        return [self.batch[i], self.channels, hw[0], hw[1]]
-
-    def as_dict(self, input_name: str = "lr") -> Dict[str, object]:
-        return {"input": input_name, **{k: self.shape(k) for k in ("min", "opt", "max")}}
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Sequence[int]]) -> "ProfileSpec":
-        mn, op, mx = d["min"], d["opt"], d["max"]
-        return cls((mn[2], mn[3]), (op[2], op[3]), (mx[2], mx[3]), (mn[0], op[0], mx[0]), mn[1])
 
 
 def _hw(text: str) -> Tuple[int, int]:

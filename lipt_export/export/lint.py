@@ -15,11 +15,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
+
+from google.protobuf.message import DecodeError
+
+from lipt_export.errors import ExportError
+from lipt_export.export.graph import consumers, producers, tensor_types
+from lipt_export.report import format_table
 
 DATA_FILE = Path(__file__).resolve().parents[1] / "data" / "trt_onnx_ops.json"
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -73,8 +79,6 @@ class LintReport:
                            f"{self.nodes} nodes"}
 
     def table(self) -> str:
-        from lipt_export.export.pipeline import format_table
-
         if not self.findings:
             return f"{self.path}: clean ({self.nodes} nodes, opset {self.opset})"
         rows = [[f.severity, f.node, f.reason] for f in sorted(self.findings, key=lambda f: f.severity)]
@@ -86,17 +90,11 @@ class _Graph:
     """Lookups over one graph: constants, producers, consumers, types."""
 
     def __init__(self, model: onnx.ModelProto):
-        from lipt_export.calibration.activations import tensor_types
-
         self.model = model
         self.graph = model.graph
         self.init = {i.name: i for i in self.graph.initializer}
-        self.producer = {o: n for n in self.graph.node for o in n.output if o}
-        self.consumers: Dict[str, List[onnx.NodeProto]] = {}
-        for node in self.graph.node:
-            for i in node.input:
-                if i:
-                    self.consumers.setdefault(i, []).append(node)
+        self.producer = producers(self.graph)
+        self.consumers = consumers(self.graph)
         self.types = tensor_types(model)
         self.io_names = {v.name for v in list(self.graph.input) + list(self.graph.output)}
 
@@ -380,49 +378,11 @@ class _Linter:
 def lint_onnx(model: str | Path | onnx.ModelProto, data_file: Optional[str | Path] = None) -> LintReport:
     """Lint one ONNX model (path or ModelProto) against TensorRT 10/11 ONNX parser rules."""
     path = "<model>" if isinstance(model, onnx.ModelProto) else str(model)
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        try:
+            proto = onnx.load(str(model), load_external_data=False)
+        except (DecodeError, OSError, ValueError) as exc:
+            raise ExportError(f"cannot read '{model}' as ONNX ({type(exc).__name__}); pass a .onnx model file") from None
     return _Linter(proto, load_support_data(str(data_file) if data_file else None), path).run()
-
-
-def _lint_command():
-    import click
-
-    @click.command("lint")
-    @click.argument("models", nargs=-1, required=True, type=click.Path())
-    @click.option("--json", "json_path", default=None, type=click.Path(), help="Write the reports as JSON here.")
-    def lint_command(models: Sequence[str], json_path: Optional[str]):
-        """TensorRT-compatibility lint of ONNX models (exit 1 on any error). An export directory lints
-        every .onnx file in it."""
-        from lipt_export.cli import fail
-
-        paths: List[Path] = []
-        for m in models:
-            p = Path(m)
-            if p.is_dir():
-                found = sorted(p.glob("*.onnx"))
-                if not found:
-                    fail(f"'{p}' has no .onnx files; pass an ONNX model or an export directory")
-                paths += found
-            elif not p.is_file():
-                fail(f"'{p}' does not exist; pass an ONNX model (e.g. exports/lipt-small-x4/model.onnx)")
-            else:
-                paths.append(p)
-        reports = []
-        for p in paths:
-            try:
-                reports.append(lint_onnx(p))
-            except Exception as exc:  # not an ONNX file
-                fail(f"cannot read '{p}' as ONNX ({type(exc).__name__}); pass a .onnx model file")
-        for r in reports:
-            click.echo(r.table())
-        if json_path:
-            from lipt_export.manifest import write_json_atomic
-
-            write_json_atomic(json_path, {r.path: r.summary() for r in reports})
-        if any(r.errors for r in reports):
-            raise SystemExit(1)
-
-    return lint_command
-
-
-lint_command = _lint_command()

@@ -11,13 +11,12 @@ import onnx
 import torch
 import torch.nn as nn
 
+from lipt_export.errors import ExportError
+from lipt_export.runtime.ort import ort_session
+
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
 DEFAULT_OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """The exporter produced something unusable (static spatial dims, checker failure, ...)."""
 
 
 @dataclass
@@ -84,12 +83,9 @@ def probe_dynamic(path: str | Path, sample_hw: Tuple[int, int], ratio: Tuple[flo
     taken from tensor shapes, size-specific buffers) returns the wrong output size here. Declared symbolic
     dims alone do not prove this: the exporter labels Resize/Reshape outputs symbolic either way."""
     import numpy as np
-    import onnxruntime as ort
 
     h, w = sample_hw[0] + 5, sample_hw[1] + 3
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path)
     x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32)
     got = tuple(sess.run(None, {sess.get_inputs()[0].name: x})[0].shape[2:])
     want = (round(h * ratio[0]), round(w * ratio[1]))

@@ -1,37 +1,61 @@
-"""The export pipeline: model -> deploy graph -> ONNX -> simplified -> precision variants -> engine ->
-validation -> manifest. Each stage is a plain function elsewhere; this module only composes them, times
-them, and makes the result atomic (everything is written to a temp directory renamed on success).
+"""The export pipeline: model -> deploy graph -> ONNX -> simplified -> precision variants -> lint -> engines ->
+parity -> manifest. Each stage is a plain function (below or in its own module); :func:`run_export` only
+composes them, each timed and logged by :class:`Stages`, and makes the result atomic: everything is written to
+a temp directory that replaces the output folder only when the export is complete.
+
+Stages pass :class:`~lipt_export.manifest.ArtifactEntry` values (path relative to the export directory,
+format, precision, sha256, details) and add details with ``with_details``.
 """
 from __future__ import annotations
 
-import json
+import copy
+import logging
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from lipt_export import manifest as mf
-from lipt_export.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx, node_count
+from lipt_export.engines.tensorrt import EngineOptions, build_engines_for_export
+from lipt_export.errors import ExportError
+from lipt_export.export.lint import lint_onnx
+from lipt_export.export.onnx_export import DEFAULT_OPSET, export_onnx, node_count
+from lipt_export.export.precision.calibration.ranges import METHODS as CALIB_METHODS
+from lipt_export.export.precision.fp16 import convert_fp16
+from lipt_export.export.precision.int8 import quantize_int8
 from lipt_export.export.simplify import simplify_onnx
-from lipt_export.models.checkpoint import load_weights, read_state_dict
+from lipt_export.export.summary import render_report
+from lipt_export.fileio import replace_dir, write_text_atomic
+from lipt_export.manifest import ArtifactEntry, Manifest, ModelInfo, embed_onnx_metadata, write_manifest
 from lipt_export.models.io import UnitRangeIO
-from lipt_export.models.registry import ModelSpec, build_model
+from lipt_export.models.loading import PreparedModel, prepare_model
+from lipt_export.models.registry import ModelSpec, get_spec, resolve_variant
 from lipt_export.models.reparam import is_deploy, reparameterize_model
-from lipt_export.runners import OnnxRuntimeRunner, TorchRunner
-from lipt_export.validation import Parity, compare, natural_inputs, rel_l2
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.loader import io_contract_for
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.runtime.trt import tensorrt_status
+from lipt_export.validation.extras import parity_extras_for
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.parity import Parity, compare, rel_l2
+
+logger = logging.getLogger(__name__)
 
 FP32_REL_L2_LIMIT = 1e-4
 DEFAULT_PARITY_SIZES: Tuple[Tuple[int, int], ...] = ((64, 64), (37, 51))
+SIMPLIFIERS = ("auto", "onnxsim", "onnxslim", "none")
+BACKENDS = ("onnxruntime", "tensorrt", "auto")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportConfig:
+    """Every export option, defaults in one place, validated once (:meth:`validate`, called by run_export)."""
+
     model: str = "lipt"
     variant: Optional[str] = None
     scale: int = 4
@@ -42,11 +66,11 @@ class ExportConfig:
     dynamo: bool = False
     simplify: str = "auto"  # auto | onnxsim | onnxslim | none
     parity_sizes: Sequence[Tuple[int, int]] = DEFAULT_PARITY_SIZES
-    parity_images: Optional[str] = None  # folder of images for parity inputs (default: shared calib set)
+    parity_images: Optional[str] = None  # folder of images for parity inputs (default: synthetic images)
     seed: int = 0
     # precision variants
     fp16: bool = False
-    fp16_io: bool = False
+    fp16_io: bool = False  # implies fp16
     int8: bool = False
     calib: Optional[str] = None
     calib_lr: bool = False
@@ -56,58 +80,69 @@ class ExportConfig:
     max_psnr_drop: float = 0.10
     # engines
     backend: str = "onnxruntime"  # onnxruntime | tensorrt | auto
-    engine_options: Dict[str, Any] = field(default_factory=dict)
+    engine: EngineOptions = field(default_factory=EngineOptions)
     lint: bool = True
+
+    def __post_init__(self):
+        if self.fp16_io and not self.fp16:  # an FP16-I/O model is an FP16 model
+            object.__setattr__(self, "fp16", True)
+
+    def validate(self) -> None:
+        """Every check that needs no model: wrong values fail here, before any heavy work."""
+        if self.simplify not in SIMPLIFIERS:
+            raise ExportError(f"unknown simplifier '{self.simplify}'; choose one of {', '.join(SIMPLIFIERS)}")
+        if self.backend not in BACKENDS:
+            raise ExportError(f"unknown backend '{self.backend}'; choose onnxruntime, tensorrt or auto")
+        if len(self.parity_sizes) < 2:
+            raise ExportError("parity needs at least two --parity-size values (one not a multiple of the window), "
+                              "e.g. --parity-size 64x64 --parity-size 37x51")
+        if self.int8 and not self.calib:
+            raise ExportError("INT8 needs representative images: pass --calib DIR (a folder of natural photos)")
+        if self.calib_method not in CALIB_METHODS:
+            raise ExportError(f"unknown calibration method '{self.calib_method}'; choose one of "
+                              f"{', '.join(CALIB_METHODS)}")
+        if self.calib_count < 1 or self.calib_size < 8:
+            raise ExportError("--calib-count must be >= 1 and --calib-size >= 8")
 
 
 @dataclass
 class ExportResult:
     out_dir: Path
-    manifest: Dict[str, Any]
+    manifest: Manifest
     timings: Dict[str, float]
     parity: List[Parity]
 
 
-class Stopwatch:
-    def __init__(self, log: Callable[[str], None]):
+class Stages:
+    """Times and logs each stage (``with stages("onnx"): ...``); the timings go into the manifest."""
+
+    def __init__(self):
         self.timings: Dict[str, float] = {}
-        self.log = log
 
     @contextmanager
-    def stage(self, name: str):
-        self.log(f"[{name}] ...")
+    def __call__(self, name: str):
+        logger.info(f"[{name}] ...")
         t0 = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - t0
-        self.log(f"[{name}] done in {self.timings[name]:.2f}s")
+        logger.info(f"[{name}] done in {self.timings[name]:.2f}s")
 
 
-def prepare_model(spec: ModelSpec, variant: str, scale: int, weights: Optional[str], seed: int
-                  ) -> Tuple[Optional[torch.nn.Module], torch.nn.Module, Dict[str, Any]]:
-    """Returns (training graph or None, deploy graph, weights description for the manifest)."""
-    _, _, train = build_model(spec.name, variant, scale)
-    label = f"{spec.name}-{variant} x{scale}"
-    if weights:
-        sd = spec.remap_checkpoint_keys(read_state_dict(weights))
-        loaded, form = load_weights(train, sd, model_label=label,
-                                    ignore=spec.ignored_checkpoint_keys)
-        info = {"source": "checkpoint", "path": str(weights), "sha256": mf.sha256_file(weights), "form": form}
-        if form == "deploy":
-            return None, loaded, info
-        train = loaded
-    else:
-        if spec.init_for_tests is not None:
-            spec.init_for_tests(train, seed)
-        info = {"source": "demo-init", "seed": seed,
-                "note": "no --weights given: deterministic demo weights, for pipeline checks only"}
-    return train, reparameterize_model(train), info
+# -- stages ----------------------------------------------------------------------------------------------
+
+def resolve_backend(backend: str) -> str:
+    """The engine backend this machine will use: fails at once when TensorRT is asked for and missing."""
+    if backend == "onnxruntime":
+        return backend
+    ok, why = tensorrt_status()
+    if backend == "tensorrt" and not ok:
+        raise ExportError(why)
+    return "tensorrt" if ok else "onnxruntime"
 
 
 def reparam_check(train: torch.nn.Module, rgb_range: float, seed: int) -> float:
     """Train graph vs its deploy graph, both in float64 (fused in float64 too), on a natural input:
     proves the fusion algebra rather than measuring fp32 rounding."""
-    import copy
-
     x = torch.from_numpy(natural_inputs([(32, 40)], seed=seed + 7)[0]).double() * rgb_range
     train64 = copy.deepcopy(train).double().eval()
     deploy64 = reparameterize_model(train64)
@@ -115,242 +150,143 @@ def reparam_check(train: torch.nn.Module, rgb_range: float, seed: int) -> float:
         return rel_l2(deploy64(x).numpy(), train64(x).numpy())
 
 
-def _default_log(msg: str) -> None:
-    print(msg, flush=True)
+def build_deploy_graph(spec: ModelSpec, variant: str, cfg: ExportConfig) -> Tuple[PreparedModel, Optional[float]]:
+    """The model with the user's weights, its deploy graph, and the float64 reparameterization error."""
+    prepared = prepare_model(spec, variant, cfg.scale, cfg.weights, cfg.seed)
+    if not is_deploy(prepared.deploy):
+        raise ExportError("reparameterization left training branches in the deploy graph")
+    err = reparam_check(prepared.train, spec.rgb_range, cfg.seed) if prepared.train is not None else None
+    return prepared, err
 
 
-def run_export(cfg: ExportConfig, log: Callable[[str], None] = _default_log) -> ExportResult:
-    from lipt_export.models.registry import get_spec, resolve_variant
+def onnx_stage(wrapped: torch.nn.Module, tmp_dir: Path, cfg: ExportConfig, size_multiple: int
+               ) -> Tuple[Path, Dict[str, object]]:
+    """The raw dynamic-H/W ONNX export; returns (path, exporter info)."""
+    raw = tmp_dir / "model.raw.onnx"
+    side = max(64, size_multiple)
+    info = export_onnx(wrapped, raw, opset=cfg.opset, sample_hw=(side, side), dynamo=cfg.dynamo)
+    return raw, {"opset": info.opset, "exporter": info.exporter}
 
+
+def simplify_stage(raw: Path, tmp_dir: Path, tool: str) -> Tuple[Path, Dict[str, object]]:
+    """``model.onnx`` from the raw export (simplified unless ``tool`` is "none"); returns (path, info)."""
+    fp32_path = tmp_dir / "model.onnx"
+    if tool == "none":
+        shutil.copyfile(raw, fp32_path)
+        simp = {"tool": "none", "nodes_before": node_count(raw), "nodes_after": node_count(raw)}
+    else:
+        s = simplify_onnx(raw, fp32_path, tool)
+        simp = {"tool": s.tool, "nodes_before": s.nodes_before, "nodes_after": s.nodes_after, "note": s.note}
+    raw.unlink()
+    return fp32_path, simp
+
+
+def fp16_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig, spec: ModelSpec,
+               variant: str) -> ArtifactEntry:
+    path = tmp_dir / "model.fp16.onnx"
+    size = max(cfg.calib_size, spec.size_multiple(variant))
+    # activation ranges for the FP32 islands: the calibration images when given, else synthetic inputs
+    calib_inputs = natural_inputs([(size, size)] * 4, cfg.calib, seed=cfg.seed + 1)
+    details = convert_fp16(fp32_path, path, calib_inputs=calib_inputs, keep_io_fp32=not cfg.fp16_io)
+    embed_onnx_metadata(path, manifest, {"precision": "fp16"})
+    return ArtifactEntry.for_file(path, tmp_dir, fmt="onnx", precision="fp16", nodes=node_count(path), **details)
+
+
+def int8_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig) -> ArtifactEntry:
+    path = tmp_dir / "model.int8.onnx"
+    details = quantize_int8(fp32_path, path, calib_dir=cfg.calib, calib_lr=cfg.calib_lr, count=cfg.calib_count,
+                            size=cfg.calib_size, method=cfg.calib_method, scale=cfg.scale,
+                            max_psnr_drop=cfg.max_psnr_drop, cache_dir=Path(cfg.out) / ".calib-cache")
+    embed_onnx_metadata(path, manifest, {"precision": "int8"})
+    return ArtifactEntry.for_file(path, tmp_dir, fmt="onnx", precision="int8", nodes=node_count(path), **details)
+
+
+def parity_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry], prepared: PreparedModel, spec: ModelSpec,
+                 inputs: Sequence[np.ndarray]) -> Tuple[List[ArtifactEntry], List[Parity], TorchRunner]:
+    """Every ONNX artifact against the eager deploy graph (and fp32 against the training graph), with the
+    gates: fp32 within FP32_REL_L2_LIMIT, every artifact finite. Returns the entries with parity added."""
+    reference = TorchRunner(UnitRangeIO(prepared.deploy, spec.rgb_range), name="eager-deploy")
+    candidates = [OnnxRuntimeRunner(tmp_dir / e.path, name=e.path, precision=e.precision) for e in entries]
+    results = compare(reference, candidates, inputs)
+    vs_train = None
+    if prepared.train is not None:
+        train_ref = TorchRunner(UnitRangeIO(prepared.train, spec.rgb_range), name="eager-train")
+        vs_train = compare(train_ref, candidates[:1], inputs)[0]
+    extras = parity_extras_for(spec.name)
+    if extras is not None:
+        for e, par in zip(entries, results):
+            par.extra.update(extras(prepared.deploy, tmp_dir / e.path, inputs))
+    fp32 = results[0]
+    if not fp32.finite or fp32.rel_l2 > FP32_REL_L2_LIMIT:
+        raise ExportError(f"fp32 ONNX does not match the eager model: rel-L2 {fp32.rel_l2:.2e} > "
+                          f"{FP32_REL_L2_LIMIT:.0e} (max |err| {fp32.max_abs:.2e}); no artifact written")
+    for par in results[1:]:
+        if not par.finite:
+            raise ExportError(f"{par.artifact} produces inf/NaN on natural inputs; no artifact written")
+    out = [e.with_details(parity=par.as_dict()) for e, par in zip(entries, results)]
+    if vs_train is not None:
+        out[0] = out[0].with_details(parity_vs_train_graph=vs_train.as_dict())
+    return out, results, reference
+
+
+def lint_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry]) -> List[ArtifactEntry]:
+    return [e.with_details(lint=lint_onnx(tmp_dir / e.path).summary()) for e in entries]
+
+
+# -- composition -----------------------------------------------------------------------------------------
+
+def run_export(cfg: ExportConfig) -> ExportResult:
+    cfg.validate()
     spec = get_spec(cfg.model)
     variant = resolve_variant(spec, cfg.variant, cfg.scale)
     name = cfg.name or f"{spec.name}-{variant}-x{cfg.scale}"
     out_root = Path(cfg.out)
     final_dir = out_root / name
-    if cfg.int8 and not cfg.calib:
-        raise ExportError("INT8 needs representative images: pass --calib DIR (e.g. "
-                          "../shared/datasets/calib_urban100_001-010)")
-    engine_backend = _resolve_backend(cfg.backend)  # fails fast when TensorRT is asked for and missing
+    engine_backend = resolve_backend(cfg.backend)  # fails fast when TensorRT is asked for and missing
     if engine_backend == "tensorrt":
-        from lipt_export.engines.shapes import parse_profile
-
-        parse_profile(cfg.engine_options.get("shapes", ""), cfg.engine_options.get("batch", "1:1:1"))
-    sw = Stopwatch(log)
+        cfg.engine.profile()  # a bad --shapes/--batch fails before any work
+    stage = Stages()
     out_root.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(out_root)))
     try:
-        with sw.stage("model"):
-            train, deploy, weights_info = prepare_model(spec, variant, cfg.scale, cfg.weights, cfg.seed)
-            if not is_deploy(deploy):
-                raise ExportError("reparameterization left training branches in the deploy graph")
-            reparam_err = reparam_check(train, spec.rgb_range, cfg.seed) if train is not None else None
-        wrapped = UnitRangeIO(deploy, spec.rgb_range).eval()
-        m = spec.size_multiple(variant)
-        with sw.stage("onnx"):
-            raw = tmp_dir / "model.raw.onnx"
-            info = export_onnx(wrapped, raw, opset=cfg.opset, sample_hw=(max(64, m), max(64, m)),
-                               dynamo=cfg.dynamo)
-        with sw.stage("simplify"):
-            fp32_path = tmp_dir / "model.onnx"
-            if cfg.simplify == "none":
-                shutil.copyfile(raw, fp32_path)
-                simp = {"tool": "none", "nodes_before": node_count(raw), "nodes_after": node_count(raw)}
-            else:
-                s = simplify_onnx(raw, fp32_path, cfg.simplify)
-                simp = {"tool": s.tool, "nodes_before": s.nodes_before, "nodes_after": s.nodes_after,
-                        "note": s.note}
-            raw.unlink()
-        manifest = mf.new_manifest(
-            model={"name": spec.name, "variant": variant, "scale": cfg.scale, "description": spec.description,
-                   "params_deploy": sum(p.numel() for p in deploy.parameters()),
-                   "native_rgb_range": spec.rgb_range, "weights": weights_info,
-                   "reparam_rel_l2_fp64": reparam_err},
-            io=mf.io_contract(cfg.scale, size_multiple=m, min_size=spec.min_size,
-                              recommended_tile=spec.recommended_tile, tile_required=spec.tile_required,
-                              # windowed models see several windows away: 8 windows of overlap keeps tiled
-                              # output at fp32-noise level (docs/benchmarks.md, tiled upscaling)
-                              tile_overlap=max(16, 8 * m) if m > 1 else 16),
-            export={"opset": info.opset, "exporter": info.exporter, "simplifier": simp})
-        mf.embed_onnx_metadata(fp32_path, manifest)
-        artifacts: List[Tuple[Path, str, Dict[str, Any]]] = [(fp32_path, "fp32", {})]
-
-        parity_inputs = natural_inputs(cfg.parity_sizes, cfg.parity_images, seed=cfg.seed)
+        with stage("model"):
+            prepared, reparam_err = build_deploy_graph(spec, variant, cfg)
+        wrapped = UnitRangeIO(prepared.deploy, spec.rgb_range).eval()
+        with stage("onnx"):
+            raw, exporter = onnx_stage(wrapped, tmp_dir, cfg, spec.size_multiple(variant))
+        with stage("simplify"):
+            fp32_path, simplifier = simplify_stage(raw, tmp_dir, cfg.simplify)
+        model_info = ModelInfo(spec.name, variant, cfg.scale, {
+            "description": spec.description, "params_deploy": sum(p.numel() for p in prepared.deploy.parameters()),
+            "native_rgb_range": spec.rgb_range, "weights": prepared.weights, "reparam_rel_l2_fp64": reparam_err})
+        manifest = Manifest.new(model=model_info, io=io_contract_for(spec, variant, cfg.scale),
+                                export={**exporter, "simplifier": simplifier})
+        embed_onnx_metadata(fp32_path, manifest)
+        entries = [ArtifactEntry.for_file(fp32_path, tmp_dir, fmt="onnx", precision="fp32",
+                                          nodes=node_count(fp32_path))]
         if cfg.fp16:
-            with sw.stage("fp16"):
-                from lipt_export.export.fp16 import convert_fp16
-
-                path = tmp_dir / "model.fp16.onnx"
-                extra = convert_fp16(fp32_path, path, calib_inputs=_calib_for_ranges(cfg, spec),
-                                     keep_io_fp32=not cfg.fp16_io, log=log)
-                mf.embed_onnx_metadata(path, manifest, {"precision": "fp16"})
-                artifacts.append((path, "fp16", extra))
+            with stage("fp16"):
+                entries.append(fp16_stage(fp32_path, tmp_dir, manifest, cfg, spec, variant))
         if cfg.int8:
-            with sw.stage("int8"):
-                from lipt_export.export.int8 import quantize_int8
-
-                path = tmp_dir / "model.int8.onnx"
-                extra = quantize_int8(fp32_path, path, calib_dir=cfg.calib, calib_lr=cfg.calib_lr,
-                                      count=cfg.calib_count, size=cfg.calib_size, method=cfg.calib_method,
-                                      scale=cfg.scale, max_psnr_drop=cfg.max_psnr_drop,
-                                      cache_dir=out_root / ".calib-cache", log=log)
-                mf.embed_onnx_metadata(path, manifest, {"precision": "int8"})
-                artifacts.append((path, "int8", extra))
-
-        with sw.stage("parity"):
-            reference = TorchRunner(wrapped, name="eager-deploy")
-            candidates = [OnnxRuntimeRunner(p, name=p.name, precision=prec) for p, prec, _ in artifacts]
-            results = compare(reference, candidates, parity_inputs)
-            if train is not None:
-                train_ref = TorchRunner(UnitRangeIO(train, spec.rgb_range), name="eager-train")
-                results_train = compare(train_ref, candidates[:1], parity_inputs)
-            else:
-                results_train = []
-            if spec.parity_extras is not None:
-                for (path, _, _), par in zip(artifacts, results):
-                    par.extra.update(spec.parity_extras(deploy, path, parity_inputs))
-        fp32_par = results[0]
-        if not fp32_par.finite or fp32_par.rel_l2 > FP32_REL_L2_LIMIT:
-            raise ExportError(f"fp32 ONNX does not match the eager model: rel-L2 {fp32_par.rel_l2:.2e} > "
-                              f"{FP32_REL_L2_LIMIT:.0e} (max |err| {fp32_par.max_abs:.2e}); no artifact written")
-        for par in results[1:]:
-            if not par.finite:
-                raise ExportError(f"{par.artifact} produces inf/NaN on natural inputs; no artifact written")
-
-        lint_results: Dict[str, Any] = {}
+            with stage("int8"):
+                entries.append(int8_stage(fp32_path, tmp_dir, manifest, cfg))
+        parity_inputs = natural_inputs(cfg.parity_sizes, cfg.parity_images, seed=cfg.seed)
+        with stage("parity"):
+            entries, results, reference = parity_stage(tmp_dir, entries, prepared, spec, parity_inputs)
         if cfg.lint:
-            with sw.stage("lint"):
-                from lipt_export.export.lint import lint_onnx
-
-                for path, _, _ in artifacts:
-                    lint_results[path.name] = lint_onnx(path)
-
-        engines: List[Dict[str, Any]] = []
+            with stage("lint"):
+                entries = lint_stage(tmp_dir, entries)
+        engines: List[ArtifactEntry] = []
         if engine_backend == "tensorrt":
-            with sw.stage("engine"):
-                from lipt_export.engines.tensorrt import build_engines_for_export
-
-                engines = build_engines_for_export(tmp_dir, artifacts, manifest, cfg.engine_options,
-                                                   parity_inputs, reference, log=log)
-
-        for (path, prec, extra), par in zip(artifacts, results):
-            entry = mf.artifact_entry(path, tmp_dir, fmt="onnx", precision=prec, nodes=node_count(path),
-                                      parity=par.as_dict(), **extra)
-            if prec == "fp32" and results_train:
-                entry["parity_vs_train_graph"] = results_train[0].as_dict()
-            if path.name in lint_results:
-                entry["lint"] = lint_results[path.name].summary()
-            manifest["artifacts"].append(entry)
-        manifest["artifacts"].extend(engines)
-        manifest["export"]["timings_s"] = {k: round(v, 3) for k, v in sw.timings.items()}
-        mf.write_json_atomic(tmp_dir / mf.MANIFEST_NAME, manifest)
-        (tmp_dir / "report.md").write_text(render_report(manifest))
-        _replace_dir(tmp_dir, final_dir)
+            with stage("engine"):
+                engines = build_engines_for_export(tmp_dir, entries, manifest, cfg.engine, parity_inputs, reference)
+        manifest = manifest.with_artifacts([*entries, *engines]).with_export(
+            timings_s={k: round(v, 3) for k, v in stage.timings.items()})
+        write_manifest(tmp_dir, manifest)
+        write_text_atomic(tmp_dir / "report.md", render_report(manifest))
+        replace_dir(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return ExportResult(out_dir=final_dir, manifest=manifest, timings=sw.timings, parity=results)
-
-
-def _calib_for_ranges(cfg: ExportConfig, spec: ModelSpec) -> List[np.ndarray]:
-    """Inputs for measuring activation ranges (FP16 islands): the calibration images when given, else
-    the default natural inputs, at a modest size."""
-    size = max(cfg.calib_size, spec.size_multiple(cfg.variant or spec.default_variant))
-    return natural_inputs([(size, size)] * 4, cfg.calib, seed=cfg.seed + 1)
-
-
-def _resolve_backend(backend: str) -> str:
-    if backend == "onnxruntime":
-        return backend
-    from lipt_export.engines import tensorrt_status
-
-    ok, why = tensorrt_status()
-    if backend == "tensorrt":
-        if not ok:
-            raise ExportError(why)
-        return "tensorrt"
-    if backend == "auto":
-        return "tensorrt" if ok else "onnxruntime"
-    raise ExportError(f"unknown backend '{backend}'; choose onnxruntime, tensorrt or auto")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished temp dir into place; an older export of the same name is replaced."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{int(time.time())}")
-        dst.rename(old)
-    src.rename(dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fmt_db(v: Any) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
-def summary_rows(manifest: Dict[str, Any]) -> List[List[str]]:
-    rows = []
-    for a in manifest["artifacts"]:
-        par = a.get("parity", {})
-        rows.append([a["path"], a["precision"], str(a.get("nodes", "-")), f"{a['bytes'] / 1e6:.2f} MB",
-                     "-" if not par else f"{par['rel_l2']:.1e}", _fmt_db(par.get("psnr_db")),
-                     a.get("lint", {}).get("status", "-") if isinstance(a.get("lint"), dict) else "-"])
-    return rows
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    if markdown:
-        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-        lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    else:
-        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-                 "  ".join("-" * w for w in widths)]
-        lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
-
-
-ARTIFACT_HEADER = ("artifact", "precision", "nodes", "size", "rel-L2", "PSNR dB", "lint")
-
-
-def render_report(manifest: Dict[str, Any]) -> str:
-    m, io, ex = manifest["model"], manifest["io"], manifest["export"]
-    lines = [f"# {m['name']}-{m['variant']} x{m['scale']}", "",
-             f"Exported {manifest['created']} with {ex['exporter']}, opset {ex['opset']}, simplifier "
-             f"{ex['simplifier']['tool']} ({ex['simplifier']['nodes_before']} -> "
-             f"{ex['simplifier']['nodes_after']} nodes).", "",
-             f"Weights: {json.dumps(m['weights'])}", "",
-             f"I/O: `{io['input']['name']}` float32 NCHW RGB [0,1] -> `{io['output']['name']}` x{io['scale']}, "
-             f"any H/W (padded internally to a multiple of {io['size']['multiple_of']}).", ""]
-    if m.get("reparam_rel_l2_fp64") is not None:
-        lines += [f"Reparameterization (train vs deploy graph, float64): rel-L2 {m['reparam_rel_l2_fp64']:.2e}", ""]
-    lines += ["## Artifacts (parity vs eager deploy graph, worst case over inputs)", "",
-              format_table(ARTIFACT_HEADER, summary_rows(manifest), markdown=True), ""]
-    for a in manifest["artifacts"]:
-        if a.get("parity_vs_train_graph"):
-            t = a["parity_vs_train_graph"]
-            lines += [f"{a['path']} vs the eager *training* graph (before reparameterization): rel-L2 "
-                      f"{t['rel_l2']:.1e}, max |err| {t['max_abs']:.1e}, PSNR {_fmt_db(t['psnr_db'])} dB", ""]
-    sizes = {tuple(map(tuple, a["parity"]["sizes"])) for a in manifest["artifacts"] if a.get("parity")}
-    if sizes:
-        lines += [f"Parity input sizes (LR HxW): {', '.join(f'{h}x{w}' for h, w in sorted(sizes)[0])}", ""]
-    for a in manifest["artifacts"]:
-        if a.get("fp16_islands"):
-            lines += [f"### FP32 islands in {a['path']}", "",
-                      format_table(("node", "op", "observed max |x|"),
-                                   [[i["node"], i["op"], f"{i['max_abs']:.3g}"] for i in a["fp16_islands"]],
-                                   markdown=True), ""]
-        if a.get("int8"):
-            from lipt_export.export.int8 import report_lines
-
-            lines += report_lines(a)
-        if isinstance(a.get("lint"), dict) and a["lint"].get("findings"):
-            lines += [f"### Lint findings for {a['path']}", "",
-                      format_table(("severity", "node", "reason"),
-                                   [[f["severity"], f["node"], f["reason"]] for f in a["lint"]["findings"]],
-                                   markdown=True), ""]
-    lines += ["## Stage timings", "",
-              format_table(("stage", "seconds"), [[k, f"{v:.2f}"] for k, v in ex.get("timings_s", {}).items()],
-                           markdown=True), ""]
-    return "\n".join(lines)
+    return ExportResult(out_dir=final_dir, manifest=replace(manifest, root=final_dir), timings=stage.timings,
+                        parity=results)

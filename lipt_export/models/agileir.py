@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipt_export.models.common import DIV2K_MEAN, ConvBN, deterministic_init
+from lipt_export.models.demo_init import deterministic_init
+from lipt_export.models.layers import DIV2K_MEAN, ConvBN, Mlp
 from lipt_export.models.registry import ModelSpec, register
 
 MASK_VALUE = -100.0  # SwinIR's value between windows' regions (exp(-100) underflows to 0 in fp32 softmax)
@@ -154,17 +155,6 @@ class EfficientShiftingWindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
         bias = bias.reshape(n, n, self.num_heads).permute(2, 0, 1)  # (heads, n, n)
         return self.groupatt(x, bias, mask)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class GSWABlock(nn.Module):

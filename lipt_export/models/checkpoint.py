@@ -13,13 +13,10 @@ from typing import Callable, Dict, List, Tuple
 import torch
 import torch.nn as nn
 
+from lipt_export.errors import CheckpointError
 from lipt_export.models.reparam import reparameterize_model
 
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "params_ema", "params", "model", "net", "netG")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the chosen model."""
 
 
 def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:

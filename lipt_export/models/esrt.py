@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipt_export.models.common import deterministic_init
+from lipt_export.models.demo_init import deterministic_init
+from lipt_export.models.layers import ChannelAttention, Mlp
 from lipt_export.models.registry import ModelSpec, register
 
 N_FEATS = 32
@@ -49,18 +50,6 @@ class ConvAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.conv(x))
-
-
-class ChannelAttention(nn.Module):
-    """CA: global average pool -> 1x1 (C -> C/16) -> ReLU -> 1x1 (-> C) -> sigmoid -> scale x."""
-
-    def __init__(self, channels: int, reduction: int = 16):
-        super().__init__()
-        self.conv_du = nn.Sequential(nn.Conv2d(channels, channels // reduction, 1), nn.ReLU(),
-                                     nn.Conv2d(channels // reduction, channels, 1), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
 
 
 class ResidualUnit(nn.Module):
@@ -217,16 +206,6 @@ class EffAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(x)))
-
-
 class MLABlock(nn.Module):
     """The efficient Transformer (ET): 3x3 patch tokens (dim 288), pre-LN EMHA and MLP (288 -> 72 -> 288).
     Takes a (B, 32, H, W) map, returns tokens (B, N, 288)."""
@@ -236,7 +215,7 @@ class MLABlock(nn.Module):
         self.unfold = PatchUnfold(n_feat)
         self.atten = EffAttention(dim)
         self.norm1 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, dim // 4)
+        self.mlp = Mlp(dim, dim // 4, act=nn.ReLU)
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

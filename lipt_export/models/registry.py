@@ -1,6 +1,8 @@
 """Model registry: what can be exported, how to build it, and the facts the manifest needs.
 
-Every model family registers a :class:`ModelSpec`. Models are built in their *native* form (their own
+Passive, like timm's ``register_model``: every model family registers a :class:`ModelSpec` when its module
+is imported, and ``lipt_export.models`` imports every family, so anything that reaches this module through
+the package sees them all. Models are built in their *native* form (their own
 value range, the official state-dict naming) so official checkpoints load unchanged; the artifact I/O
 contract (float32 NCHW RGB in [0, 1] in and out) is applied by :class:`lipt_export.models.io.UnitRangeIO`.
 """
@@ -11,9 +13,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch.nn as nn
 
-
-class ModelError(ValueError):
-    """A user-facing problem with the model choice (unknown model, variant or scale)."""
+from lipt_export.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,6 @@ class ModelSpec:
     ignored_checkpoint_keys: Callable[[str], bool] = lambda key: False
     # Maps other official key layouts onto ours (e.g. LIPT convert.py's `.dbb_reparam.`); identity by default.
     remap_checkpoint_keys: Callable[[Dict[str, object]], Dict[str, object]] = lambda sd: sd
-    # Optional extra parity figures: parity_extras(deploy_model, onnx_path, inputs) -> dict merged into the
-    # artifact's parity entry (e.g. SMSR's spatial-mask flip count).
-    parity_extras: Optional[Callable[..., Dict[str, object]]] = None
     extra: Dict[str, object] = field(default_factory=dict)
 
 
@@ -53,13 +50,7 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def _ensure_loaded() -> None:
-    # Model modules register themselves on import; import lazily so `--help` stays fast.
-    from lipt_export.models import _all  # noqa: F401
-
-
 def available_models() -> Dict[str, ModelSpec]:
-    _ensure_loaded()
     return dict(_REGISTRY)
 
 

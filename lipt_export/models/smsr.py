@@ -24,14 +24,14 @@ the unpadded input.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lipt_export.models.common import MeanShift
+from lipt_export.models.demo_init import deterministic_init
+from lipt_export.models.layers import ChannelAttention, MeanShift
 from lipt_export.models.registry import ModelSpec, register
 
 RGB_RANGE = 255.0
@@ -62,19 +62,6 @@ def hard_spatial_mask(logits: torch.Tensor) -> torch.Tensor:
     return (logits[:, 1:] > logits[:, :1]).to(logits.dtype)
 
 
-
-
-class ChannelAttention(nn.Module):
-    """RCAN channel attention: x * sigmoid(W2 relu(W1 gap(x)))."""
-
-    def __init__(self, channels: int, reduction: int = 16):
-        super().__init__()
-        self.conv_du = nn.Sequential(
-            nn.Conv2d(channels, channels // reduction, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(channels // reduction, channels, 1), nn.Sigmoid())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.conv_du(x.mean(dim=(2, 3), keepdim=True))
 
 
 class SparseMaskBody(nn.Module):
@@ -255,7 +242,6 @@ def smsr_init_for_tests(model: nn.Module, seed: int) -> None:
     """Deterministic weights that exercise every path: conv weights PyTorch-scale, channel-mask logits
     drawn so each layer has both dense and sparse channels, and mask logits spread wide so that roughly
     half the pixels are masked and few sit near the threshold (float rounding must not flip them)."""
-    from lipt_export.models.common import deterministic_init
 
     g = torch.Generator().manual_seed(int(seed))
 
@@ -277,73 +263,6 @@ def smsr_init_for_tests(model: nn.Module, seed: int) -> None:
 
 # -- spatial-mask flips between eager and an ONNX artifact ------------------------------------------------
 
-def _eager_masks(model: nn.Module, x: torch.Tensor, rgb_range: float) -> List[np.ndarray]:
-    masks: List[np.ndarray] = []
-    hooks = [m.spa_mask.register_forward_hook(lambda mod, inp, out: masks.append(
-        (out[:, 1:] > out[:, :1]).cpu().numpy())) for m in model.modules() if isinstance(m, SparseMaskModule)]
-    try:
-        with torch.inference_mode():
-            model(x * rgb_range)
-    finally:
-        for h in hooks:
-            h.remove()
-    return masks
-
-
-def _onnx_with_mask_outputs(onnx_path: str, dst: str) -> int:
-    """Copy of the ONNX model with every ``Greater`` output (the hard spatial masks) as extra graph outputs.
-    Returns how many were added."""
-    import onnx
-
-    model = onnx.load(str(onnx_path))
-    names = [n.output[0] for n in model.graph.node if n.op_type == "Greater"]
-    existing = {o.name for o in model.graph.output}
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.BOOL, None))
-    onnx.save(model, dst)
-    return len(names)
-
-
-def smsr_parity_extras(deploy_model: nn.Module, onnx_path, inputs: Sequence[np.ndarray]) -> Dict[str, object]:
-    """Count spatial-mask pixels that differ between the eager deploy model and the artifact.
-
-    The artifact's masks are read from its ``Greater`` nodes (one per SMM, in graph order, which is the
-    module order); eager masks come from forward hooks on the mask branches. Runs both on ``inputs``
-    (NCHW float32 in [0, 1])."""
-    import os
-    import tempfile
-
-    import onnxruntime as ort
-
-    tmp = tempfile.NamedTemporaryFile(suffix=".onnx", delete=False)
-    tmp.close()
-    try:
-        n_masks = _onnx_with_mask_outputs(str(onnx_path), tmp.name)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(tmp.name, opts, providers=["CPUExecutionProvider"])
-        in_meta = sess.get_inputs()[0]
-        in_dtype = np.float16 if "float16" in in_meta.type else np.float32
-        out_names = [o.name for o in sess.get_outputs()][-n_masks:] if n_masks else []
-        flips = pixels = 0
-        model = deploy_model.eval()
-        dtype = next(model.parameters()).dtype
-        for x in inputs:
-            eager = _eager_masks(model, torch.from_numpy(np.ascontiguousarray(x)).to(dtype), RGB_RANGE)
-            art = sess.run(out_names, {in_meta.name: np.ascontiguousarray(x, dtype=in_dtype)}) if out_names else []
-            if len(art) != len(eager):
-                return {"mask_flips": None, "mask_pixels": None,
-                        "mask_note": f"artifact has {len(art)} mask nodes, eager model {len(eager)}"}
-            for a, e in zip(art, eager):
-                a = np.asarray(a).astype(bool).reshape(e.shape)
-                flips += int(np.count_nonzero(a != e))
-                pixels += int(e.size)
-        return {"mask_flips": flips, "mask_pixels": pixels}
-    finally:
-        os.unlink(tmp.name)
-
-
 register(ModelSpec(
     name="smsr",
     build=build_smsr,
@@ -356,5 +275,4 @@ register(ModelSpec(
     min_size=1,
     recommended_tile=256,
     init_for_tests=smsr_init_for_tests,
-    parity_extras=smsr_parity_extras,
 ))

@@ -1,0 +1,99 @@
+"""`lipt-export export` (the default command): reparameterize, ONNX, simplify, precision variants, engines,
+validate, manifest."""
+from __future__ import annotations
+
+import click
+
+from lipt_export.cli.options import parse_size
+from lipt_export.engines.tensorrt import EngineOptions
+from lipt_export.export.pipeline import DEFAULT_PARITY_SIZES, ExportConfig, ExportResult, run_export
+from lipt_export.export.summary import ARTIFACT_HEADER, summary_rows
+from lipt_export.fileio import write_json_atomic
+from lipt_export.models.registry import available_models
+from lipt_export.report import format_table
+
+
+def _models_epilog() -> str:
+    lines = ["Models (variants; scales):"]
+    for name, spec in sorted(available_models().items()):
+        lines.append(f"  {name:8s} {', '.join(spec.variants)}; x{', x'.join(map(str, spec.scales))}"
+                     f"  (default variant {spec.default_variant})")
+    return "\n".join(lines)
+
+
+class _ExportCommand(click.Command):
+    def format_epilog(self, ctx, formatter):
+        formatter.write("\n")
+        for line in _models_epilog().splitlines():
+            formatter.write(line + "\n")
+
+
+@click.command("export", cls=_ExportCommand)
+@click.option("--model", "-m", default="lipt", show_default=True, help="Model family (see list below).")
+@click.option("--variant", "-v", default=None, help="Model variant (default: the family's default).")
+@click.option("--scale", "-s", default=4, show_default=True, type=int, help="Upscaling factor (1 = restoration).")
+@click.option("--weights", "-w", default=None, type=click.Path(), help="Checkpoint (.pt/.pth/.safetensors), "
+              "train or deploy form. Without it, deterministic demo weights are exported (pipeline checks only).")
+@click.option("--out", "-o", default="exports", show_default=True, help="Output root; artifacts go to OUT/<model>-<variant>-x<scale>/.")
+@click.option("--name", default=None, help="Output folder name instead of <model>-<variant>-x<scale>.")
+@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--dynamo/--torchscript", default=False, show_default=True, help="ONNX exporter.")
+@click.option("--simplify", "simplifier", default="auto", show_default=True,
+              type=click.Choice(["auto", "onnxsim", "onnxslim"]), help="auto = onnxsim, onnxslim fallback.")
+@click.option("--no-simplify", is_flag=True, help="Skip graph simplification.")
+@click.option("--fp16", is_flag=True, help="Also produce an FP16 ONNX (FP32 islands where activations overflow).")
+@click.option("--fp16-io", is_flag=True, help="Make the FP16 model's input/output float16 too.")
+@click.option("--int8", is_flag=True, help="Also produce an INT8 explicit Q/DQ ONNX (needs --calib).")
+@click.option("--calib", default=None, type=click.Path(), help="Folder of representative HR images (LR with --calib-lr).")
+@click.option("--calib-lr", is_flag=True, help="--calib images are already LR inputs.")
+@click.option("--calib-count", default=32, show_default=True, type=int, help="Calibration patches.")
+@click.option("--calib-size", default=64, show_default=True, type=int, help="LR calibration patch size.")
+@click.option("--calib-method", default="minmax", show_default=True,
+              type=click.Choice(["minmax", "entropy", "percentile"]))
+@click.option("--max-psnr-drop", default=0.10, show_default=True, type=float,
+              help="INT8 budget: PSNR-Y drop vs FP32 (dB) on held-out images before nodes fall back to float.")
+@click.option("--backend", default="onnxruntime", show_default=True,
+              type=click.Choice(["onnxruntime", "tensorrt", "auto"]),
+              help="auto = TensorRT engines when TensorRT and a GPU exist, else ONNX Runtime only.")
+@click.option("--shapes", default=EngineOptions.shapes, show_default=True,
+              help="TensorRT profile MINxMIN:OPTxOPT:MAXxMAX (LR H x W).")
+@click.option("--batch", default=EngineOptions.batch, show_default=True, help="TensorRT batch range MIN:OPT:MAX.")
+@click.option("--workspace", default=EngineOptions.workspace_gib, show_default=True, type=float,
+              help="TensorRT workspace (GiB).")
+@click.option("--builder-opt-level", default=EngineOptions.builder_opt_level, show_default=True, type=int)
+@click.option("--timing-cache", default=None, type=click.Path(), help="TensorRT timing cache file (reused).")
+@click.option("--parity-size", "parity_sizes", multiple=True, help="Parity input size HxW (repeatable; "
+              "default 64x64 and 37x51).")
+@click.option("--parity-images", default=None, type=click.Path(), help="Images for parity inputs "
+              "(default: deterministic synthetic images).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--no-lint", is_flag=True, help="Skip the TensorRT-compatibility lint.")
+@click.option("--json", "json_path", default=None, type=click.Path(), help="Also write the summary JSON here.")
+def command(model, variant, scale, weights, out, name, opset, dynamo, simplifier, no_simplify, fp16, fp16_io, int8,
+            calib, calib_lr, calib_count, calib_size, calib_method, max_psnr_drop, backend, shapes, batch, workspace,
+            builder_opt_level, timing_cache, parity_sizes, parity_images, seed, no_lint, json_path):
+    """Export a model: reparameterize, ONNX, simplify, precision variants, engines, validate, manifest."""
+    sizes = [parse_size(s) for s in parity_sizes] or list(DEFAULT_PARITY_SIZES)
+    cfg = ExportConfig(model=model, variant=variant, scale=scale, weights=weights, out=out, name=name,
+                       opset=opset, dynamo=dynamo, simplify="none" if no_simplify else simplifier,
+                       parity_sizes=sizes, parity_images=parity_images, seed=seed, fp16=fp16, fp16_io=fp16_io,
+                       int8=int8, calib=calib, calib_lr=calib_lr, calib_count=calib_count, calib_size=calib_size,
+                       calib_method=calib_method, max_psnr_drop=max_psnr_drop, backend=backend, lint=not no_lint,
+                       engine=EngineOptions(shapes=shapes, batch=batch, workspace_gib=workspace,
+                                            builder_opt_level=builder_opt_level, timing_cache=timing_cache))
+    result = run_export(cfg)
+    print_summary(result)
+    if json_path:
+        write_json_atomic(json_path, result.manifest.to_dict())
+
+
+def print_summary(result: ExportResult) -> None:
+    man = result.manifest
+    click.echo("")
+    click.echo(f"Exported {man.model.name}-{man.model.variant} x{man.model.scale} -> {result.out_dir}")
+    if man.model.weights.get("source") != "checkpoint":
+        click.echo("  note: no --weights given; demo weights were exported (pipeline check, not a real model)")
+    click.echo(format_table(ARTIFACT_HEADER, summary_rows(man)))
+    click.echo("")
+    click.echo(format_table(("stage", "seconds"), [[k, f"{v:.2f}"] for k, v in result.timings.items()]))
+    click.echo(f"\nmanifest: {result.out_dir / 'manifest.json'}   report: {result.out_dir / 'report.md'}")

@@ -1,0 +1,41 @@
+"""`lipt-export triton`: a Triton model repository entry for an export."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lipt_export.cli.options import parse_int_list
+from lipt_export.engines.triton import write_triton_model
+
+
+@click.command("triton")
+@click.argument("export_dir", type=click.Path())
+@click.option("--repo", required=True, type=click.Path(), help="Triton model repository root.")
+@click.option("--name", default=None, help="Model name (default <model>-<variant>-x<scale>).")
+@click.option("--max-batch", default=1, show_default=True, type=int,
+              help="max_batch_size (0 = no batching; dims then include the batch).")
+@click.option("--instances", default=1, show_default=True, type=int, help="Instances (instance_group count).")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(["auto", "onnx", "tensorrt"]),
+              help="auto = the TensorRT plan when the export has one, else ONNX.")
+@click.option("--kind", default="auto", show_default=True, type=click.Choice(["auto", "gpu", "cpu"]),
+              help="Instance kind (auto: GPU for plans, KIND_AUTO for ONNX).")
+@click.option("--dynamic-batching", is_flag=True, help="Enable dynamic batching (only merges identical shapes: "
+              "use with fixed-size tiles).")
+@click.option("--preferred-batch", default=None, help="Preferred batch sizes, e.g. 4,8.")
+@click.option("--max-queue-delay-us", default=100, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing model of the same name.")
+def command(export_dir, repo, name, max_batch, instances, precision, fmt, kind, dynamic_batching, preferred_batch,
+            max_queue_delay_us, force):
+    """Write a Triton model repository entry (config.pbtxt + model) for EXPORT_DIR."""
+    res = write_triton_model(export_dir, repo, name=name, max_batch=max_batch, instances=instances,
+                             precision=precision, fmt=fmt, kind=kind, dynamic_batching=dynamic_batching,
+                             preferred_batch=parse_int_list(preferred_batch), max_queue_delay_us=max_queue_delay_us,
+                             force=force)
+    click.echo(f"wrote {res['config']}")
+    click.echo(f"wrote {res['model']}  ({res['platform']}, from {res['entry']['path']})")
+    if res["entry"]["format"] == "tensorrt":
+        click.echo(f"note: the plan was built with TensorRT {res['entry'].get('tensorrt_version')} on "
+                   f"{res['entry'].get('gpu')}; the Triton container must ship the same TensorRT version")
+    click.echo(f"serve: tritonserver --model-repository={Path(repo).resolve()}")

@@ -1,0 +1,66 @@
+"""`lipt-export upscale ARTIFACT INPUT OUTPUT`: upscale an image or a folder of images, tiled (the work is
+done by :mod:`lipt_export.runtime.upscale`)."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import click
+from tqdm import tqdm
+
+from lipt_export.errors import LiptExportError, UpscaleError
+from lipt_export.runtime.loader import open_artifact, runner_for
+from lipt_export.runtime.tiling import TiledRunner
+from lipt_export.runtime.upscale import DEFAULT_TILE, plan_outputs, upscale_file
+
+
+@click.command("upscale")
+@click.argument("artifact", type=click.Path())
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("output_path", metavar="OUTPUT", type=click.Path())
+@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Artifact precision when ARTIFACT is an export directory (default fp32).")
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+              help="auto = the TensorRT engine when the export has one and TensorRT works, else ONNX Runtime.")
+@click.option("--tile", default=None, type=int, help="LR tile size in pixels; 0 = whole image (default: the "
+              "manifest's recommended tile when the model requires tiling, else 512; smaller images run whole).")
+@click.option("--overlap", default=None, type=int, help="LR pixels shared by neighbouring tiles (default: the "
+              "manifest's, at least 8 windows for windowed models, e.g. 64 for LIPT).")
+@click.option("--alpha", "alpha_mode", default="bicubic", show_default=True, type=click.Choice(["bicubic", "model"]),
+              help="How the alpha channel is upscaled.")
+@click.option("--format", "fmt", default=None, help="Output format for folders (png, jpg, webp, tif, npy).")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime threads (default: all cores, at most 8).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, threads, quiet):
+    """Upscale INPUT (an image or a folder of images) with ARTIFACT (export dir, .onnx or .engine) into OUTPUT."""
+    warnings: List[str] = []
+    pairs = plan_outputs(Path(input_path), Path(output_path), fmt)
+    art = open_artifact(artifact, precision=precision, backend=backend)
+    # bounded memory by default: images up to DEFAULT_TILE run whole
+    tile_size, ov = art.tiling.resolve(tile, overlap, default_tile=DEFAULT_TILE)
+    if art.format == "tensorrt" and tile_size:  # tiles inside the engine's profile: no second tiling
+        tile_size = min(tile_size, *art.entry.get("profile")["max"][2:])
+    runner = TiledRunner(runner_for(art, threads=threads), art.scale, tile_size, ov, art.multiple_of)
+    if len(pairs) > 1 or Path(input_path).is_dir():
+        Path(output_path).mkdir(parents=True, exist_ok=True)
+    else:
+        pairs[0][1].parent.mkdir(parents=True, exist_ok=True)
+    t0, failures = time.perf_counter(), []
+    for src, dst in tqdm(pairs, desc="images", unit="img", file=sys.stderr, disable=quiet or len(pairs) == 1):
+        try:
+            upscale_file(runner, src, dst, alpha_mode=alpha_mode, progress_bar=not quiet, warn=warnings.append)
+        except LiptExportError as exc:
+            if len(pairs) == 1:
+                raise
+            failures.append(str(exc))
+            click.echo(f"lipt-export: error: {exc}", err=True)
+    for w in warnings:
+        click.echo(f"lipt-export: warning: {w}", err=True)
+    done = len(pairs) - len(failures)
+    tile_txt = f"tile {runner.tile} overlap {runner.overlap}" if runner.tile else "whole image"
+    click.echo(f"upscaled {done} image(s) x{runner.scale} with {runner.runner.name} on {runner.device} ({tile_txt}) "
+               f"-> {output_path} in {time.perf_counter() - t0:.1f}s")
+    if failures:
+        raise UpscaleError(f"{len(failures)} of {len(pairs)} images failed (see above)")

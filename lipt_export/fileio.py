@@ -1,0 +1,69 @@
+"""Atomic writes and content hashes: a file or folder appears complete under its final name, or not at all."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def json_default(obj: Any) -> Any:
+    """JSON for the few non-JSON types results carry (dataclasses with as_dict/to_dict, numpy scalars, paths)."""
+    for method in ("to_dict", "as_dict"):
+        if hasattr(obj, method):
+            return getattr(obj, method)()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def save_atomic(path: str | Path, write: Callable[[str], None]) -> None:
+    """``write(tmp_name)`` writes the file; it is renamed to ``path`` only when complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=json_default)
+            f.write("\n")
+
+    save_atomic(path, write)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    save_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished temp dir ``src`` into place as ``dst``; an older ``dst`` is kept aside until the
+    rename succeeded, then removed."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{int(time.time())}")
+        dst.rename(old)
+    src.rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,26 @@
+"""LIPT: the network (:mod:`.model`), its HRM re-param convs (:mod:`.hrm`), NVSM sparse attention
+(:mod:`.nvsm`) and the calibrated demo weights (:mod:`.demo_init`); registers the ``lipt`` spec."""
+from lipt_export.models.lipt.demo_init import init_lipt_for_tests
+from lipt_export.models.lipt.model import (LIPT, RGB_RANGE, SCALES, VARIANTS, LIPTConfig, build_lipt,
+                                           count_parameters, lipt_config, remap_lipt_keys)
+from lipt_export.models.registry import ModelSpec, register
+
+__all__ = ["LIPT", "LIPTConfig", "build_lipt", "count_parameters", "init_lipt_for_tests", "lipt_config"]
+
+register(ModelSpec(
+    name="lipt",
+    build=build_lipt,
+    variants=VARIANTS,
+    scales=SCALES,
+    default_variant="small",
+    rgb_range=RGB_RANGE,
+    description="LIPT: Latency-aware Image Processing Transformer (HRM re-param convs + NVSM sparse attention)",
+    size_multiple=lambda variant: lipt_config(variant, 2).window,
+    # Reflect padding needs pad < size: pad <= window - 1 and, for size < window, pad = window - size < size
+    # iff size > window / 2; 9 satisfies both for windows 8 and 16.
+    min_size=9,
+    recommended_tile=256,
+    init_for_tests=init_lipt_for_tests,
+    remap_checkpoint_keys=remap_lipt_keys,
+    extra={"window": {v: lipt_config(v, 2).window for v in VARIANTS}},
+))

@@ -1,0 +1,214 @@
+"""The Python serving API: ``load_runner(path)`` picks the right runner for an artifact.
+
+``path`` may be an export directory or its ``manifest.json`` (the fp32 ONNX by default, ``precision=`` to
+choose; a TensorRT engine of that precision when ``backend`` is ``tensorrt``, or ``auto`` with TensorRT
+usable), a ``.onnx`` file, a ``.engine`` file (checked against its sidecar manifest) or a PyTorch checkpoint
+(``model=``, ``variant=``, ``scale=`` required; runs the reparameterized deploy graph eagerly).
+
+Every runner has ``infer(lr) -> sr`` on float32 NCHW [0, 1] arrays plus ``name``/``precision``/``device``
+(:mod:`lipt_export.runtime.base`), and ``artifact`` (:class:`Artifact`) describing what it runs. ``tile=``
+wraps it in a :class:`~lipt_export.runtime.tiling.TiledRunner` as the model's :class:`TilingPolicy` resolves
+it; models whose manifest says tiling is required (ESRT) are tiled by default.
+
+Export directories are opened through :func:`lipt_export.manifest.read_manifest` only, and every file is
+checked (inside the directory, sha256 as recorded) before it is used.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence, Tuple
+
+from lipt_export.errors import ArtifactError
+from lipt_export.manifest import (MANIFEST_NAME, ArtifactEntry, IOContract, Manifest, ModelInfo, onnx_manifest,
+                                  onnx_precision, read_manifest)
+from lipt_export.models.io import UnitRangeIO
+from lipt_export.models.loading import prepare_model
+from lipt_export.models.registry import get_spec, resolve_variant
+from lipt_export.runtime.base import Runner
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.ort import OnnxRuntimeRunner, ort_providers
+from lipt_export.runtime.tiling import TiledRunner, TilingPolicy
+from lipt_export.runtime.trt import load_engine_runner, tensorrt_status
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+@dataclass
+class Artifact:
+    """What a runner runs: the file, its export's manifest (or the ONNX-embedded description) and its entry."""
+
+    path: Path
+    format: str  # onnx | tensorrt | torch
+    precision: str
+    manifest: Optional[Manifest] = None
+    entry: Optional[ArtifactEntry] = None
+
+    @property
+    def io(self) -> Optional[IOContract]:
+        return self.manifest.io if self.manifest else None
+
+    @property
+    def scale(self) -> Optional[int]:
+        return self.io.scale if self.io else None
+
+    @property
+    def multiple_of(self) -> int:
+        return self.io.multiple_of if self.io else 1
+
+    @property
+    def tiling(self) -> TilingPolicy:
+        return TilingPolicy.from_io(self.io) if self.io else TilingPolicy()
+
+
+def choose_entry(manifest: Manifest, precision: Optional[str], backend: str) -> ArtifactEntry:
+    """The artifact of ``precision`` (default fp32) that ``backend`` should run, engines first where usable."""
+    precision = precision or "fp32"
+    onnx, engines = manifest.select("onnx", precision), manifest.select("tensorrt", precision)
+    root = manifest.root
+    if backend == "tensorrt" or (backend == "auto" and engines):
+        if engines:
+            if backend == "tensorrt" or tensorrt_status()[0]:
+                return engines[0]  # the engine runner explains a missing TensorRT itself
+        elif backend == "tensorrt":
+            have = sorted(a.path for a in manifest.select("tensorrt"))
+            raise ArtifactError(f"{root} has no {precision} TensorRT engine (engines: {', '.join(have) or 'none'}); "
+                                f"export with --backend tensorrt on a GPU machine, or use --backend onnxruntime")
+    if onnx:
+        return onnx[0]
+    have = sorted({a.precision for a in manifest.select("onnx")})
+    raise ArtifactError(f"{root} has no {precision} ONNX artifact; available precisions: {', '.join(have) or 'none'}")
+
+
+def open_export(path: str | os.PathLike) -> Manifest:
+    """An export directory or its manifest.json -> its checked :class:`Manifest`."""
+    p = Path(path)
+    return read_manifest(p if p.is_dir() else p.parent)
+
+
+def open_artifact(path: str | os.PathLike, precision: Optional[str] = None, backend: str = "auto") -> Artifact:
+    """Resolve ``path`` (export dir, manifest.json, .onnx, .engine, checkpoint) to one checked :class:`Artifact`."""
+    if backend not in BACKENDS:
+        raise ArtifactError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"no such artifact: {p} (pass an export directory, manifest.json, .onnx or .engine file)")
+    if p.is_dir() or p.name == MANIFEST_NAME:
+        man = open_export(p)
+        entry = choose_entry(man, precision, backend)
+        return Artifact(man.artifact_path(entry), entry.format, entry.precision, man, entry)
+    suffix = p.suffix.lower()
+    if suffix == ".onnx":
+        man, entry = _sidecar(p)
+        if man is None:
+            man = onnx_manifest(p)  # a lone ONNX file still describes itself
+        prec = entry.precision if entry else onnx_precision(p)
+        if precision and precision != prec:
+            raise ArtifactError(f"{p.name} is a {prec} model, not {precision}")
+        return Artifact(p, "onnx", prec, man, entry)
+    if suffix in ENGINE_SUFFIXES:
+        man, entry = _sidecar(p)
+        if entry is None or entry.format != "tensorrt":
+            raise ArtifactError(f"{p} is not listed as a TensorRT engine in {p.parent / MANIFEST_NAME}; engines are "
+                                f"loaded with the manifest written beside them by `lipt-export --backend tensorrt`")
+        return Artifact(p, "tensorrt", entry.precision, man, entry)
+    if suffix in CHECKPOINT_SUFFIXES:
+        return Artifact(p, "torch", precision or "fp32")
+    raise ArtifactError(f"don't know how to run '{p.name}': expected an export directory, manifest.json, .onnx, "
+                        f".engine or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+
+
+def open_onnx_artifacts(path: str | os.PathLike) -> Tuple[List[Artifact], List[str]]:
+    """Every ONNX artifact ``path`` names, for tools that compare them all (``eval``): an export directory or
+    its manifest.json expands to all of its ONNX entries (each checked), a ``.onnx`` file is itself (as
+    :func:`open_artifact`). Also returns the manifest's non-ONNX entries, as ``dir/file (format)``."""
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"no such artifact: {p} (pass an export directory, its manifest.json or a .onnx file)")
+    if p.suffix.lower() == ".onnx":
+        return [open_artifact(p)], []
+    if not (p.is_dir() or p.name == MANIFEST_NAME):
+        raise ArtifactError(f"cannot use '{p.name}' here: expected an export directory, manifest.json or .onnx")
+    man = open_export(p)
+    arts = [Artifact(man.artifact_path(a), "onnx", a.precision, man, a) for a in man.select("onnx")]
+    if not arts:
+        raise ArtifactError(f"{man.root} lists no ONNX artifacts")
+    others = [f"{man.root.name}/{a.path} ({a.format})" for a in man.artifacts if a.format != "onnx"]
+    return arts, others
+
+
+def _sidecar(path: Path) -> Tuple[Optional[Manifest], Optional[ArtifactEntry]]:
+    """The manifest beside a lone artifact file and the file's entry in it (sha256 checked), if listed."""
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return None, None
+    man = read_manifest(path.parent)
+    entry = man.find(path.name)
+    if entry is None:
+        return None, None
+    if entry.format == "onnx":
+        man.artifact_path(entry)  # raises when the file was changed after export
+    return man, entry
+
+
+def runner_for(art: Artifact, *, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
+               model: Optional[str] = None, variant: Optional[str] = None, scale: Optional[int] = None,
+               name: Optional[str] = None) -> Runner:
+    """The runner for one resolved artifact (not tiled)."""
+    if art.format == "onnx":
+        runner = OnnxRuntimeRunner(art.path, name=name or art.path.name, precision=art.precision,
+                                   providers=ort_providers(providers), threads=threads)
+    elif art.format == "tensorrt":
+        runner = load_engine_runner(art.path, art.entry, art.manifest, name=name)
+    elif art.format == "torch":
+        runner = _checkpoint_runner(art, model, variant, scale, name)
+    else:
+        raise ArtifactError(f"unknown artifact format '{art.format}'")
+    runner.artifact = art
+    return runner
+
+
+def _checkpoint_runner(art: Artifact, model: Optional[str], variant: Optional[str], scale: Optional[int],
+                       name: Optional[str]) -> Runner:
+    if not model or not scale:
+        raise ArtifactError(f"{art.path.name} is a PyTorch checkpoint: pass model=, scale= (and variant=) so it "
+                            f"can be built, e.g. load_runner(path, model='lipt', variant='small', scale=4)")
+    spec = get_spec(model)
+    variant = resolve_variant(spec, variant, scale)
+    deploy = prepare_model(spec, variant, scale, str(art.path), seed=0).deploy
+    art.manifest = Manifest(ModelInfo(spec.name, variant, scale), io_contract_for(spec, variant, scale))
+    return TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name=name or f"eager:{art.path.name}")
+
+
+def tiling_for(spec, variant: str) -> TilingPolicy:
+    """The model's tiling policy (what export writes into the manifest's io.tiling)."""
+    return TilingPolicy.for_model(spec.size_multiple(variant), spec.recommended_tile, spec.tile_required)
+
+
+def io_contract_for(spec, variant: str, scale: int) -> IOContract:
+    """The I/O contract of every artifact exported from ``spec``/``variant`` at ``scale``."""
+    policy = tiling_for(spec, variant)
+    return IOContract(scale=scale, multiple_of=policy.multiple_of, min_size=spec.min_size,
+                      recommended_tile=policy.recommended_tile, tile_overlap=policy.overlap,
+                      tile_required=policy.required)
+
+
+def load_runner(path: Any, precision: Optional[str] = None, backend: str = "auto", tile: Optional[int] = None,
+                overlap: Optional[int] = None, providers: Optional[Sequence[str]] = None,
+                threads: Optional[int] = None, model: Optional[str] = None, variant: Optional[str] = None,
+                scale: Optional[int] = None, name: Optional[str] = None) -> Runner:
+    """A ready runner for ``path`` (see the module doc). ``tile``: LR tile size (0 = whole images;
+    None = as the manifest says). ``overlap``: LR pixels shared by neighbouring tiles."""
+    import torch.nn as nn
+
+    if isinstance(path, nn.Module):
+        return TorchRunner(path, name=name or "eager")
+    art = open_artifact(path, precision=precision, backend=backend)
+    runner = runner_for(art, providers=providers, threads=threads, model=model, variant=variant, scale=scale,
+                        name=name)
+    wrapped = art.tiling.wrap(runner, art.scale, tile, overlap)
+    if isinstance(wrapped, TiledRunner):
+        wrapped.artifact = art
+    return wrapped

@@ -1,0 +1,46 @@
+"""Latency measurement: one runner (median after warm-up) or several interleaved within every round."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from lipt_export.runtime.loader import open_export
+
+
+def time_runner(runner, x, runs: int, warmup: int) -> Dict[str, float]:
+    for _ in range(warmup):
+        runner.infer(x)
+    times: List[float] = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        runner.infer(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"median_ms": statistics.median(times), "min_ms": times[0],
+            "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))]}
+
+
+def expand_artifacts(target: str) -> List[Path]:
+    """An export directory (or its manifest) stands for every artifact it lists, each checked."""
+    p = Path(target)
+    if p.is_dir() or p.name == "manifest.json":
+        man = open_export(p)
+        return [man.artifact_path(a) for a in man.artifacts]
+    return [p]
+
+
+def interleaved_ms(runners, x, runs: int, warmup: int = 2) -> Tuple[Dict[str, float], Dict[str, float]]:
+    """(median ms, min ms) per runner name. The runners take turns within every round, so drift or load
+    from other processes on a shared machine hits all of them alike."""
+    for _ in range(warmup):
+        for r in runners:
+            r.infer(x)
+    times: Dict[str, List[float]] = {r.name: [] for r in runners}
+    for _ in range(runs):
+        for r in runners:
+            t0 = time.perf_counter()
+            r.infer(x)
+            times[r.name].append((time.perf_counter() - t0) * 1e3)
+    return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})

@@ -1,0 +1,236 @@
+"""PSNR-Y / SSIM-Y of the eager model and of every artifact on an SR benchmark folder.
+
+:func:`evaluate` takes runners (eager PyTorch, ONNX Runtime, tiled, ...) and a dataset folder and returns
+``{"dataset", "scale", "lr_source", "results": [{"artifact", "precision", "psnr_y", "ssim_y", "images",
+"delta_psnr_y", "seconds_per_image", "per_image"}]}``; metrics as in :mod:`lipt_export.validation.metrics`
+(literature convention). :func:`run_eval` builds the runners from ``--model/--weights`` and ``--artifact``
+paths (an export directory or its manifest.json expands to all of its ONNX artifacts).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from lipt_export.errors import CheckpointError, EvalError
+from lipt_export.fileio import sha256_file
+from lipt_export.manifest import Manifest, versions
+from lipt_export.models.checkpoint import load_weights, read_state_dict
+from lipt_export.models.io import UnitRangeIO
+from lipt_export.models.loading import prepare_model
+from lipt_export.models.registry import build_model, get_spec, resolve_variant
+from lipt_export.report import format_table
+from lipt_export.runtime.base import Runner
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.loader import open_onnx_artifacts, tiling_for
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.runtime.tiling import TiledRunner
+from lipt_export.validation.datasets import open_dataset
+from lipt_export.validation.extras import parity_extras_for
+from lipt_export.validation.metrics import sr_scores, to_uint8
+
+EVAL_HEADER = ("artifact", "precision", "PSNR-Y dB", "SSIM-Y", "ΔPSNR dB", "s/image")
+
+
+@dataclass
+class EvalTarget:
+    """A runner plus what the report says about it."""
+
+    runner: Runner
+    artifact: str
+    precision: str
+    kind: str  # pytorch | onnxruntime
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def _as_target(r: Runner | EvalTarget) -> EvalTarget:
+    if isinstance(r, EvalTarget):
+        return r
+    return EvalTarget(r, r.name, r.precision, "pytorch" if "Torch" in type(r).__name__ else type(r).__name__)
+
+
+def run_sr(runner: Runner, lr_uint8: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 LR -> float32 HxWx3 SR on [0, 1] through the artifact I/O contract."""
+    x = np.ascontiguousarray(lr_uint8.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
+    y = runner.infer(x)
+    return np.asarray(y[0]).transpose(1, 2, 0)
+
+
+def evaluate(runners: Sequence[Runner | EvalTarget], dataset_dir: str | Path, scale: int, *,
+             lr_dir: Optional[str | Path] = None, limit: Optional[int] = None, reference: Optional[str] = None,
+             progress: bool = True) -> Dict[str, Any]:
+    """Score every runner on the dataset; ``reference`` (default: the first runner) anchors ΔPSNR."""
+    from tqdm import tqdm
+
+    targets = [_as_target(r) for r in runners]
+    if not targets:
+        raise EvalError("nothing to evaluate: give at least one runner")
+    names = [t.artifact for t in targets]
+    if len(set(names)) != len(names):
+        raise EvalError(f"artifact names must be unique, got {names}")
+    data = open_dataset(dataset_dir, scale, lr_dir=lr_dir, limit=limit)
+    per_image: Dict[str, List[Dict[str, Any]]] = {n: [] for n in names}
+    seconds: Dict[str, float] = {n: 0.0 for n in names}
+    bar = tqdm(total=len(data) * len(targets), desc=f"eval {data.name} x{scale}", unit="img", file=sys.stderr,
+               disable=not progress, leave=False)
+    try:
+        for sample in data:
+            want = sample.hr.shape[:2]
+            for t in targets:
+                bar.set_postfix_str(f"{sample.name} / {t.artifact}", refresh=False)
+                t0 = time.perf_counter()
+                sr = run_sr(t.runner, sample.lr)
+                seconds[t.artifact] += time.perf_counter() - t0
+                if sr.shape[:2] != want:
+                    raise EvalError(f"{t.artifact} returned {sr.shape[0]}x{sr.shape[1]} for a "
+                                     f"{sample.lr.shape[0]}x{sample.lr.shape[1]} LR image, expected "
+                                     f"{want[0]}x{want[1]}; check --scale")
+                if not np.isfinite(sr).all():
+                    raise EvalError(f"{t.artifact} produced inf/NaN on {sample.name}")
+                p, s = sr_scores(to_uint8(sr), sample.hr, scale)
+                per_image[t.artifact].append({"name": sample.name, "psnr_y": p, "ssim_y": s})
+                bar.update(1)
+    finally:
+        bar.close()
+    ref = reference or names[0]
+    results = []
+    for t in targets:
+        imgs = per_image[t.artifact]
+        psnr = float(np.mean([i["psnr_y"] for i in imgs]))
+        results.append({"artifact": t.artifact, "precision": t.precision, "kind": t.kind, "psnr_y": psnr,
+                        "ssim_y": float(np.mean([i["ssim_y"] for i in imgs])), "images": len(imgs),
+                        "seconds_per_image": seconds[t.artifact] / len(imgs), "per_image": imgs, **t.info})
+    ref_psnr = next((r["psnr_y"] for r in results if r["artifact"] == ref), None)
+    for r in results:
+        r["delta_psnr_y"] = None if ref_psnr is None else r["psnr_y"] - ref_psnr
+    return {"dataset": str(data.root), "dataset_name": data.name, "scale": scale, "lr_source": data.lr_source,
+            "images": len(data), "reference": ref, "results": results}
+
+
+def format_results(report: Dict[str, Any]) -> str:
+    rows = []
+    for r in report["results"]:
+        delta = "ref" if r["artifact"] == report["reference"] else (
+            "-" if r["delta_psnr_y"] is None else f"{r['delta_psnr_y']:+.5f}")
+        rows.append([r["artifact"], r["precision"], f"{r['psnr_y']:.4f}", f"{r['ssim_y']:.4f}", delta,
+                     f"{r['seconds_per_image']:.3f}"])
+    return format_table(EVAL_HEADER, rows)
+
+
+# -- building the runners from the command line ---------------------------------------------------------
+
+def load_eager(model: str, variant: Optional[str], scale: int, weights: Optional[str], seed: int = 0):
+    """(spec, variant, deploy graph, weights info). A checkpoint that does not fit the scale says which
+    --scale it fits."""
+    spec = get_spec(model)
+    variant = resolve_variant(spec, variant, scale)
+    try:
+        _, deploy, info = prepare_model(spec, variant, scale, weights, seed)
+    except CheckpointError as exc:
+        hint = _fitting_scale(spec, variant, scale, weights) if weights and "misshaped" in str(exc) else None
+        msg = str(exc).splitlines()[0]
+        raise EvalError(msg + (f" (this checkpoint fits --scale {hint})" if hint else "")) from None
+    return spec, variant, deploy, info
+
+
+def _fitting_scale(spec, variant: str, scale: int, weights: str) -> Optional[int]:
+    """The other scale of the model family the checkpoint loads into, if any (error path only)."""
+    sd = spec.remap_checkpoint_keys(read_state_dict(weights))
+    for s in spec.scales:
+        if s == scale:
+            continue
+        try:
+            load_weights(build_model(spec.name, variant, s)[2], sd, ignore=spec.ignored_checkpoint_keys)
+            return s
+        except Exception:  # noqa: BLE001 - any failure just means "not this scale"
+            continue
+    return None
+
+
+def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optional[int] = None,
+                     weights_sha: Optional[str] = None) -> Tuple[List[EvalTarget], List[str]]:
+    """ONNX runners for ``paths`` (export dirs / manifest.json expand to all their ONNX artifacts) and
+    notes (skipped engines, weight mismatches)."""
+    targets: List[EvalTarget] = []
+    notes: List[str] = []
+    for raw in paths:
+        arts, others = open_onnx_artifacts(raw)
+        notes += [f"skipped {o}: evaluate it where it runs" for o in others]
+        label, man = arts[0].path.parent.name, arts[0].manifest
+        _check_artifact_model(Path(raw), man, model, scale)
+        w = man.model.weights if man else {}
+        if weights_sha and w.get("sha256") and w["sha256"] != weights_sha:
+            notes.append(f"{label}: exported from different weights ({w.get('path')}) than --weights")
+        for art in arts:
+            runner = OnnxRuntimeRunner(art.path, name=f"{label}/{art.path.name}", precision=art.precision)
+            runner = art.tiling.wrap(runner, scale, tile)
+            info = {"path": str(art.path)}
+            if isinstance(runner, TiledRunner):
+                info["tile"] = runner.tile
+            targets.append(EvalTarget(runner, f"{label}/{art.path.name}", art.precision, "onnxruntime", info))
+    return targets, notes
+
+
+def _check_artifact_model(path: Path, man: Optional[Manifest], model: str, scale: int) -> None:
+    if man is None:
+        return
+    if man.model.name != model.lower():
+        raise EvalError(f"artifact {path} is a '{man.model.name}' export but --model is '{model}'; pass "
+                        f"--model {man.model.name}")
+    if man.model.scale != scale:
+        raise EvalError(f"artifact {path} upscales x{man.model.scale} but --scale is {scale}; pass "
+                        f"--scale {man.model.scale}")
+
+
+def extras_for(spec, deploy, targets: Sequence[EvalTarget], dataset_dir, scale: int, lr_dir=None,
+               limit=None) -> None:
+    """Adds the model's parity extras (SMSR: spatial-mask flips) on the dataset's LR images to each ONNX
+    target's result info. An extra eager and ONNX pass per artifact."""
+    extras = parity_extras_for(spec.name)
+    if extras is None:
+        return
+    data = open_dataset(dataset_dir, scale, lr_dir=lr_dir, limit=limit)
+    inputs = [np.ascontiguousarray(s.lr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
+              for s in data]
+    for t in targets:
+        if t.kind == "onnxruntime" and "path" in t.info:
+            t.info.update(extras(deploy, t.info["path"], inputs))
+
+
+def run_eval(model: str, variant: Optional[str], scale: int, weights: Optional[str], dataset: str,
+             lr_dir: Optional[str] = None, artifacts: Sequence[str] = (), no_eager: bool = False,
+             tile: Optional[int] = None, parity_extras: bool = False, limit: Optional[int] = None, seed: int = 0
+             ) -> Dict[str, Any]:
+    """The eval command as a function: builds the eager reference and the artifact runners, scores them all.
+    ``report["notes"]`` lists what the caller should tell the user (demo weights, skipped engines, ...)."""
+    open_dataset(dataset, scale, lr_dir=lr_dir, limit=limit)  # fail on the data before loading anything
+    if no_eager and not artifacts:
+        raise EvalError("nothing to evaluate: --no-eager needs at least one --artifact")
+    spec = get_spec(model)
+    variant = resolve_variant(spec, variant, scale)
+    weights_sha = sha256_file(weights) if weights and Path(weights).is_file() else None
+    arts, notes = artifact_targets(artifacts, spec.name, scale, tile, weights_sha=weights_sha)
+    deploy, info = None, {"source": "none"}
+    if not no_eager or parity_extras:
+        spec, variant, deploy, info = load_eager(model, variant, scale, weights, seed)
+    targets: List[EvalTarget] = []
+    if not no_eager:
+        if info["source"] != "checkpoint":
+            notes.insert(0, "no --weights given; the eager model uses demo weights (scores are meaningless)")
+        # the same tiling policy as the artifacts', so ΔPSNR measures the artifact, not the tiling
+        eager = tiling_for(spec, variant).wrap(TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name="eager"),
+                                               scale, tile)
+        tiled = {"tile": eager.tile} if isinstance(eager, TiledRunner) else {}
+        targets.append(EvalTarget(eager, "eager (pytorch)", "fp32", "pytorch", {"weights": info, **tiled}))
+    targets.extend(arts)
+    if parity_extras:
+        extras_for(spec, deploy, targets, dataset, scale, lr_dir, limit)
+    report = evaluate(targets, dataset, scale, lr_dir=lr_dir, limit=limit)
+    report["model"] = {"name": spec.name, "variant": variant, "scale": scale, "weights": info}
+    report["versions"] = versions()
+    report["notes"] = notes
+    return report

@@ -1,0 +1,101 @@
+"""Output parity: reference runner vs artifact runners, through the polygraphy Comparator.
+
+Parity compares a reference runner (eager PyTorch) with artifact runners on the same inputs. It goes
+through polygraphy's ``Comparator.run`` so eager-vs-ONNX-Runtime-vs-TensorRT share one code path; the
+metrics are ours (relative L2, max |error|, PSNR with a fixed peak of 1.0 — polygraphy's own PSNR uses
+the reference's max as peak, which is wrong for images).
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from lipt_export.runtime.base import Runner
+from lipt_export.validation.metrics import psnr
+
+def rel_l2(out: np.ndarray, ref: np.ndarray) -> float:
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    return float(np.linalg.norm(out64 - ref64) / max(np.linalg.norm(ref64), 1e-30))
+
+
+@dataclass
+class Parity:
+    """Worst case over all inputs of one candidate against the reference."""
+
+    artifact: str
+    precision: str
+    rel_l2: float
+    max_abs: float
+    psnr_db: float
+    sizes: List[List[int]]
+    finite: bool = True
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, object]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def _as_polygraphy(runner: Runner, input_name: str):
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+
+    class _Adapter(BaseRunner):
+        def __init__(self):
+            super().__init__(name=runner.name, prefix="lipt-export")
+
+        def activate_impl(self):
+            pass
+
+        def deactivate_impl(self):
+            pass
+
+        def get_input_metadata_impl(self):
+            return TensorMetadata().add(input_name, np.float32, (None, 3, None, None))
+
+        def infer_impl(self, feed_dict):
+            t0 = time.perf_counter()
+            out = np.ascontiguousarray(runner.infer(feed_dict[input_name]))
+            self.inference_time = time.perf_counter() - t0  # polygraphy sums it per runner
+            return OrderedDict(sr=out)
+
+    return _Adapter()
+
+
+def run_all(runners: Sequence[Runner], inputs: Sequence[np.ndarray], input_name: str = "lr"
+            ) -> Dict[str, List[np.ndarray]]:
+    """Run every runner on every input through polygraphy's Comparator; outputs keyed by runner name."""
+    from polygraphy.comparator import Comparator
+
+    names = [r.name for r in runners]
+    if len(set(names)) != len(names):
+        raise ValueError(f"runner names must be unique, got {names}")
+    poly = [_as_polygraphy(r, input_name) for r in runners]
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):  # polygraphy logs every iteration at INFO
+        results = Comparator.run(poly, data_loader=[{input_name: x} for x in inputs])
+    return {name: [np.asarray(it["sr"]) for it in iters] for name, iters in results.items()}
+
+
+def compare(reference: Runner, candidates: Sequence[Runner], inputs: Sequence[np.ndarray],
+            input_name: str = "lr") -> List[Parity]:
+    outputs = run_all([reference, *candidates], inputs, input_name)
+    ref_out = outputs[reference.name]
+    sizes = [list(x.shape[2:]) for x in inputs]
+    report = []
+    for cand in candidates:
+        outs = outputs[cand.name]
+        finite = all(np.isfinite(o).all() for o in outs)
+        report.append(Parity(
+            artifact=cand.name, precision=cand.precision,
+            rel_l2=max(rel_l2(o, r) for o, r in zip(outs, ref_out)),
+            max_abs=max(float(np.max(np.abs(o.astype(np.float64) - r))) for o, r in zip(outs, ref_out)),
+            psnr_db=min(psnr(o, r) for o, r in zip(outs, ref_out)),
+            sizes=sizes, finite=finite))
+    return report
