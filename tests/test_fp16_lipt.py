@@ -40,7 +40,7 @@ def lipt_artifacts(tmp_path_factory, shared):
     from lipt_export.validation.inputs import natural_inputs
 
     spec = get_spec("lipt")
-    _, deploy, _ = prepare_model(spec, "tiny", 2, weights, seed=0)
+    deploy = prepare_model(spec, "tiny", 2, weights, seed=0).deploy
     d = tmp_path_factory.mktemp("lipt_precision")
     export_onnx(UnitRangeIO(deploy, spec.rgb_range).eval(), d / "raw.onnx", sample_hw=(64, 64))
     simplify_onnx(d / "raw.onnx", d / "model.onnx")

@@ -76,7 +76,7 @@ def test_mask_flips_reported(official):
     from lipt_export.models.loading import prepare_model
     from lipt_export.models.registry import get_spec
 
-    _, deploy, _ = prepare_model(get_spec("smsr"), "base", 2, str(official["ckpt"]), 0)
+    deploy = prepare_model(get_spec("smsr"), "base", 2, str(official["ckpt"]), 0).deploy
     extras = smsr_parity_extras(deploy, result.out_dir / "model.onnx", [x])
     print(f"mask flips: export parity {par['mask_flips']}/{par['mask_pixels']}, Set5 butterfly "
           f"{extras['mask_flips']}/{extras['mask_pixels']}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from lipt_export.cli.options import arch_options
 from lipt_export.fileio import write_json_atomic
 from lipt_export.validation.evaluate import format_results, run_eval
 
@@ -13,6 +14,10 @@ from lipt_export.validation.evaluate import format_results, run_eval
 @click.option("--scale", "-s", default=4, show_default=True, type=int, help="Upscaling factor.")
 @click.option("--weights", "-w", default=None, type=click.Path(),
               help="Checkpoint for the eager reference; without it, deterministic demo weights (scores meaningless).")
+@click.option("--config", "config_file", default=None, type=click.Path(),
+              help="The official config the checkpoint was trained with (see `lipt-export export --help`).")
+@click.option("--agileir-attention", default="auto", show_default=True,
+              type=click.Choice(["auto", "public", "intended"]), help="AgileIR attention semantics (see export).")
 @click.option("--dataset", "-d", required=True, type=click.Path(),
               help="Folder with HR/ and optionally LR_bicubic/X{scale}/ (else LR is made with MATLAB-style imresize).")
 @click.option("--lr-dir", default=None, type=click.Path(), help="LR folder instead of DATASET/LR_bicubic/X{scale}.")
@@ -26,11 +31,11 @@ from lipt_export.validation.evaluate import format_results, run_eval
 @click.option("--limit", default=None, type=int, help="Only the first N images (sorted by name).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the demo weights.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Write the results as JSON here.")
-def command(model, variant, scale, weights, dataset, lr_dir, artifacts, no_eager, tile, parity_extras, limit, seed,
-            json_path):
+def command(model, variant, scale, weights, config_file, agileir_attention, dataset, lr_dir, artifacts, no_eager,
+            tile, parity_extras, limit, seed, json_path):
     """PSNR-Y/SSIM-Y of the eager model and of each artifact on an SR benchmark folder."""
     report = run_eval(model, variant, scale, weights, dataset, lr_dir, artifacts, no_eager, tile, parity_extras,
-                      limit, seed)
+                      limit, seed, config_file=config_file, options=arch_options(model, agileir_attention))
     for note in report["notes"]:
         click.echo(f"lipt-export: note: {note}", err=True)
     click.echo(format_results(report))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lipt_export.cli.options import parse_size
+from lipt_export.cli.options import arch_options, parse_size
 from lipt_export.engines.tensorrt import EngineOptions
 from lipt_export.export.pipeline import DEFAULT_PARITY_SIZES, ExportConfig, ExportResult, run_export
 from lipt_export.export.summary import ARTIFACT_HEADER, summary_rows
@@ -33,7 +33,15 @@ class _ExportCommand(click.Command):
 @click.option("--variant", "-v", default=None, help="Model variant (default: the family's default).")
 @click.option("--scale", "-s", default=4, show_default=True, type=int, help="Upscaling factor (1 = restoration).")
 @click.option("--weights", "-w", default=None, type=click.Path(), help="Checkpoint (.pt/.pth/.safetensors), "
-              "train or deploy form. Without it, deterministic demo weights are exported (pipeline checks only).")
+              "train or deploy form; its architecture (blocks, channels, heads, scale, ...) is read from it. Without "
+              "it, deterministic demo weights are exported (pipeline checks only).")
+@click.option("--config", "config_file", default=None, type=click.Path(),
+              help="The official config the checkpoint was trained with (LIPT config/*.yml, AgileIR KAIR options "
+                   "*.json): sets what weights cannot tell (e.g. LIPT's window).")
+@click.option("--agileir-attention", default="auto", show_default=True,
+              type=click.Choice(["auto", "public", "intended"]),
+              help="AgileIR: auto = public-code semantics when the checkpoint's attention-output BatchNorms are all "
+                   "zero (trained with the public code), else the paper's attention.")
 @click.option("--out", "-o", default="exports", show_default=True, help="Output root; artifacts go to OUT/<model>-<variant>-x<scale>/.")
 @click.option("--name", default=None, help="Output folder name instead of <model>-<variant>-x<scale>.")
 @click.option("--opset", default=17, show_default=True, type=int)
@@ -69,12 +77,13 @@ class _ExportCommand(click.Command):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--no-lint", is_flag=True, help="Skip the TensorRT-compatibility lint.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Also write the summary JSON here.")
-def command(model, variant, scale, weights, out, name, opset, dynamo, simplifier, no_simplify, fp16, fp16_io, int8,
+def command(model, variant, scale, weights, config_file, agileir_attention, out, name, opset, dynamo, simplifier, no_simplify, fp16, fp16_io, int8,
             calib, calib_lr, calib_count, calib_size, calib_method, max_psnr_drop, backend, shapes, batch, workspace,
             builder_opt_level, timing_cache, parity_sizes, parity_images, seed, no_lint, json_path):
     """Export a model: reparameterize, ONNX, simplify, precision variants, engines, validate, manifest."""
     sizes = [parse_size(s) for s in parity_sizes] or list(DEFAULT_PARITY_SIZES)
-    cfg = ExportConfig(model=model, variant=variant, scale=scale, weights=weights, out=out, name=name,
+    cfg = ExportConfig(model=model, variant=variant, scale=scale, weights=weights, config=config_file,
+                       arch_options=arch_options(model, agileir_attention), out=out, name=name,
                        opset=opset, dynamo=dynamo, simplify="none" if no_simplify else simplifier,
                        parity_sizes=sizes, parity_images=parity_images, seed=seed, fp16=fp16, fp16_io=fp16_io,
                        int8=int8, calib=calib, calib_lr=calib_lr, calib_count=calib_count, calib_size=calib_size,
@@ -93,6 +102,13 @@ def print_summary(result: ExportResult) -> None:
     click.echo(f"Exported {man.model.name}-{man.model.variant} x{man.model.scale} -> {result.out_dir}")
     if man.model.weights.get("source") != "checkpoint":
         click.echo("  note: no --weights given; demo weights were exported (pipeline check, not a real model)")
+    arch = man.model.get("architecture") or {}
+    if arch.get("description"):
+        from_ck = sorted(k for k, v in arch["sources"].items() if v == "checkpoint")
+        click.echo(f"  architecture: {arch['description']}"
+                   + (f" (from the checkpoint: {', '.join(from_ck)})" if from_ck else ""))
+    for note in arch.get("notes", []):
+        click.echo(f"  note: {note}")
     click.echo(format_table(ARTIFACT_HEADER, summary_rows(man)))
     click.echo("")
     click.echo(format_table(("stage", "seconds"), [[k, f"{v:.2f}"] for k, v in result.timings.items()]))

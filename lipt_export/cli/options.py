@@ -1,9 +1,11 @@
 """Small parsers shared by the commands."""
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import click
+
+from lipt_export.errors import UsageError
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -23,3 +25,12 @@ def parse_int_list(text: Optional[str]) -> List[int]:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"'{text}' is not a comma-separated list of integers") from None
+
+
+def arch_options(model: str, agileir_attention: str) -> Dict[str, str]:
+    """Architecture overrides from family-specific flags (left to the checkpoint when 'auto')."""
+    if agileir_attention == "auto":
+        return {}
+    if model.lower() != "agileir":
+        raise UsageError(f"--agileir-attention is for --model agileir, not {model}")
+    return {"attention": agileir_attention}

@@ -57,9 +57,11 @@ class ExportConfig:
     """Every export option, defaults in one place, validated once (:meth:`validate`, called by run_export)."""
 
     model: str = "lipt"
-    variant: Optional[str] = None
+    variant: Optional[str] = None  # None: as the checkpoint says (else the family's default variant)
     scale: int = 4
     weights: Optional[str] = None
+    config: Optional[str] = None  # the official config file the checkpoint was trained with (LIPT .yml, ...)
+    arch_options: Dict[str, str] = field(default_factory=dict)  # e.g. {"attention": "public"} for AgileIR
     out: str = "exports"
     name: Optional[str] = None  # output folder name; default <model>-<variant>-x<scale>
     opset: int = DEFAULT_OPSET
@@ -150,9 +152,11 @@ def reparam_check(train: torch.nn.Module, rgb_range: float, seed: int) -> float:
         return rel_l2(deploy64(x).numpy(), train64(x).numpy())
 
 
-def build_deploy_graph(spec: ModelSpec, variant: str, cfg: ExportConfig) -> Tuple[PreparedModel, Optional[float]]:
-    """The model with the user's weights, its deploy graph, and the float64 reparameterization error."""
-    prepared = prepare_model(spec, variant, cfg.scale, cfg.weights, cfg.seed)
+def build_deploy_graph(spec: ModelSpec, cfg: ExportConfig) -> Tuple[PreparedModel, Optional[float]]:
+    """The model with the user's weights (architecture read from the checkpoint), its deploy graph, and the
+    float64 reparameterization error."""
+    prepared = prepare_model(spec, cfg.variant, cfg.scale, cfg.weights, cfg.seed, config_file=cfg.config,
+                             options=cfg.arch_options)
     if not is_deploy(prepared.deploy):
         raise ExportError("reparameterization left training branches in the deploy graph")
     err = reparam_check(prepared.train, spec.rgb_range, cfg.seed) if prepared.train is not None else None
@@ -181,10 +185,9 @@ def simplify_stage(raw: Path, tmp_dir: Path, tool: str) -> Tuple[Path, Dict[str,
     return fp32_path, simp
 
 
-def fp16_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig, spec: ModelSpec,
-               variant: str) -> ArtifactEntry:
+def fp16_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig) -> ArtifactEntry:
     path = tmp_dir / "model.fp16.onnx"
-    size = max(cfg.calib_size, spec.size_multiple(variant))
+    size = max(cfg.calib_size, manifest.io.multiple_of)
     # activation ranges for the FP32 islands: the calibration images when given, else synthetic inputs
     calib_inputs = natural_inputs([(size, size)] * 4, cfg.calib, seed=cfg.seed + 1)
     details = convert_fp16(fp32_path, path, calib_inputs=calib_inputs, keep_io_fp32=not cfg.fp16_io)
@@ -238,35 +241,38 @@ def lint_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry]) -> List[Artifact
 def run_export(cfg: ExportConfig) -> ExportResult:
     cfg.validate()
     spec = get_spec(cfg.model)
-    variant = resolve_variant(spec, cfg.variant, cfg.scale)
-    name = cfg.name or f"{spec.name}-{variant}-x{cfg.scale}"
-    out_root = Path(cfg.out)
-    final_dir = out_root / name
+    if cfg.variant is not None or not cfg.weights:
+        resolve_variant(spec, cfg.variant, cfg.scale)  # a bad --variant/--scale fails before any work
     engine_backend = resolve_backend(cfg.backend)  # fails fast when TensorRT is asked for and missing
     if engine_backend == "tensorrt":
         cfg.engine.profile()  # a bad --shapes/--batch fails before any work
     stage = Stages()
+    with stage("model"):
+        prepared, reparam_err = build_deploy_graph(spec, cfg)
+    arch = prepared.arch
+    name = cfg.name or f"{spec.name}-{arch.variant}-x{cfg.scale}"
+    out_root = Path(cfg.out)
+    final_dir = out_root / name
     out_root.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(out_root)))
     try:
-        with stage("model"):
-            prepared, reparam_err = build_deploy_graph(spec, variant, cfg)
         wrapped = UnitRangeIO(prepared.deploy, spec.rgb_range).eval()
         with stage("onnx"):
-            raw, exporter = onnx_stage(wrapped, tmp_dir, cfg, spec.size_multiple(variant))
+            raw, exporter = onnx_stage(wrapped, tmp_dir, cfg, arch.size_multiple)
         with stage("simplify"):
             fp32_path, simplifier = simplify_stage(raw, tmp_dir, cfg.simplify)
-        model_info = ModelInfo(spec.name, variant, cfg.scale, {
+        model_info = ModelInfo(spec.name, arch.variant, cfg.scale, {
             "description": spec.description, "params_deploy": sum(p.numel() for p in prepared.deploy.parameters()),
-            "native_rgb_range": spec.rgb_range, "weights": prepared.weights, "reparam_rel_l2_fp64": reparam_err})
-        manifest = Manifest.new(model=model_info, io=io_contract_for(spec, variant, cfg.scale),
+            "native_rgb_range": spec.rgb_range, "weights": prepared.weights, "architecture": arch.to_dict(),
+            "reparam_rel_l2_fp64": reparam_err})
+        manifest = Manifest.new(model=model_info, io=io_contract_for(spec, arch),
                                 export={**exporter, "simplifier": simplifier})
         embed_onnx_metadata(fp32_path, manifest)
         entries = [ArtifactEntry.for_file(fp32_path, tmp_dir, fmt="onnx", precision="fp32",
                                           nodes=node_count(fp32_path))]
         if cfg.fp16:
             with stage("fp16"):
-                entries.append(fp16_stage(fp32_path, tmp_dir, manifest, cfg, spec, variant))
+                entries.append(fp16_stage(fp32_path, tmp_dir, manifest, cfg))
         if cfg.int8:
             with stage("int8"):
                 entries.append(int8_stage(fp32_path, tmp_dir, manifest, cfg))

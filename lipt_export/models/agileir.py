@@ -22,16 +22,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lipt_export.errors import ModelError
+from lipt_export.models.arch import count_indices, read_kair_json
 from lipt_export.models.demo_init import deterministic_init
 from lipt_export.models.layers import DIV2K_MEAN, ConvBN, Mlp
 from lipt_export.models.registry import ModelSpec, register
 
+ATTENTION_MODES = ("intended", "public")
 MASK_VALUE = -100.0  # SwinIR's value between windows' regions (exp(-100) underflows to 0 in fp32 softmax)
 
 
@@ -44,6 +48,9 @@ class AgileIRConfig:
     key_dims: Tuple[int, ...]
     mlp_ratio: float = 2.0
     dw_kernel: int = 5
+    # "intended": the paper's GSWA (attention output used, shift mask applied). "public": what the public
+    # code computes (its attention returns its input, so each block is x + LN1(x), then x + MLP(LN2(x))).
+    attention: str = "intended"
 
 
 # Option files of the public repository (netG sections); every one uses pixelshuffledirect and 1conv.
@@ -158,19 +165,27 @@ class EfficientShiftingWindowAttention(nn.Module):
 
 
 class GSWABlock(nn.Module):
-    """Swin block with GSWA: x + attn(LN1(x)) in (shifted) windows, then x + MLP(LN2(x))."""
+    """Swin block with GSWA: x + attn(LN1(x)) in (shifted) windows, then x + MLP(LN2(x)).
+
+    ``public=True`` computes what the public code does: its attention returns its (normalised, windowed)
+    input, and the shift and window partition are undone, so the block is x + LN1(x), then x + MLP(LN2(x)).
+    The attention's weights stay in the module (checkpoints carry them) but are not used."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, key_dim: int,
-                 mlp_ratio: float, kernel: int, deploy: bool = False):
+                 mlp_ratio: float, kernel: int, deploy: bool = False, public: bool = False):
         super().__init__()
         self.window_size = window_size
         self.shift_size = shift_size
+        self.public = public
         self.norm1 = nn.LayerNorm(dim)
         self.attn = EfficientShiftingWindowAttention(dim, key_dim, window_size, num_heads, kernel, deploy)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor) -> torch.Tensor:
+        if self.public:
+            x = x + self.norm1(x)
+            return x + self.mlp(self.norm2(x))
         b, _, c = x.shape
         y = self.norm1(x).reshape(b, h, w, c)
         if self.shift_size:
@@ -185,11 +200,11 @@ class GSWABlock(nn.Module):
 
 class BasicLayer(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window_size: int, key_dim: int, mlp_ratio: float,
-                 kernel: int, deploy: bool = False):
+                 kernel: int, deploy: bool = False, public: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(
             GSWABlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, key_dim, mlp_ratio,
-                      kernel, deploy) for i in range(depth))
+                      kernel, deploy, public) for i in range(depth))
 
     def forward(self, x, h, w, mask):
         for blk in self.blocks:
@@ -225,6 +240,8 @@ class PatchNorm(nn.Module):
 class AgileIR(nn.Module):
     def __init__(self, cfg: AgileIRConfig, upscale: int = 2, deploy: bool = False):
         super().__init__()
+        if cfg.attention not in ATTENTION_MODES:
+            raise ModelError(f"AgileIR attention '{cfg.attention}' unknown; choose {' or '.join(ATTENTION_MODES)}")
         self.cfg = cfg
         self.upscale = upscale
         self.window_size = cfg.window_size
@@ -234,7 +251,7 @@ class AgileIR(nn.Module):
         self.patch_embed = PatchNorm(e)
         self.layers = nn.ModuleList(
             RSTB(e, depth=d, num_heads=nh, window_size=cfg.window_size, key_dim=kd, mlp_ratio=cfg.mlp_ratio,
-                 kernel=cfg.dw_kernel, deploy=deploy)
+                 kernel=cfg.dw_kernel, deploy=deploy, public=cfg.attention == "public")
             for d, nh, kd in zip(cfg.depths, cfg.num_heads, cfg.key_dims))
         self.norm = nn.LayerNorm(e)
         self.conv_after_body = nn.Conv2d(e, e, 3, 1, 1)
@@ -245,8 +262,8 @@ class AgileIR(nn.Module):
         b, c, h, w = x.shape
         ws = self.window_size
         # One mask per forward, shared by all shifted blocks (same padded size, same window and shift),
-        # repeated per image so each head adds it without reshapes: (B*nW, n, n).
-        mask = shift_window_mask(h, w, ws, ws // 2, x).repeat(b, 1, 1)
+        # repeated per image so each head adds it without reshapes: (B*nW, n, n). The public form needs none.
+        mask = None if self.cfg.attention == "public" else shift_window_mask(h, w, ws, ws // 2, x).repeat(b, 1, 1)
         t = self.patch_embed(x)
         for layer in self.layers:
             t = layer(t, h, w, mask)
@@ -294,6 +311,72 @@ def window_size(variant: str) -> int:
     return VARIANTS[variant].window_size
 
 
+def _proj_is_zero(sd: Mapping[str, torch.Tensor], prefix: str) -> bool:
+    """The attention-output unit of one block outputs exactly 0: BN gamma = beta = 0 (training form) or a
+    zero folded conv (deploy form)."""
+    names = [f"{prefix}.bn.weight", f"{prefix}.bn.bias"] if f"{prefix}.bn.weight" in sd else \
+        [f"{prefix}.c.weight", f"{prefix}.c.bias"]
+    return all(n in sd and not torch.count_nonzero(sd[n]) for n in names)
+
+
+def read_agileir_arch(sd: Mapping[str, torch.Tensor]) -> Dict[str, object]:
+    """Everything the state dict shows: embedding width, blocks per group, heads and window (from the
+    relative-position tables), key dims (from the q/k/v projections), MLP ratio, depthwise kernel, scale
+    (pixelshuffledirect conv), and which attention the checkpoint was trained with (see ``attention``)."""
+    keys = list(sd)
+    groups = count_indices(keys, r"^layers\.(\d+)\.")
+    if "conv_first.weight" not in sd or "upsample.0.weight" not in sd or not groups:
+        return {}  # not AgileIR's layout: the strict load lists what is missing
+    e = int(sd["conv_first.weight"].shape[0])
+    depths = tuple(count_indices(keys, rf"^layers\.{k}\.residual_group\.blocks\.(\d+)\.") for k in range(groups))
+    blk = [f"layers.{k}.residual_group.blocks.0.attn" for k in range(groups)]
+    heads = tuple(int(sd[f"{b}.relative_position_bias_table"].shape[1]) for b in blk)
+    ws = round((int(sd[f"{blk[0]}.relative_position_bias_table"].shape[0]) ** 0.5 + 1) / 2)
+    key_dims = tuple((int(sd[f"{b}.groupatt.qkvs.0.c.weight"].shape[0]) - e // h) // 2 for b, h in zip(blk, heads))
+    public = all(_proj_is_zero(sd, f"layers.{k}.residual_group.blocks.{j}.attn.groupatt.proj.1")
+                 for k in range(groups) for j in range(depths[k]))
+    return {"embed_dim": e, "depths": depths, "num_heads": heads, "window_size": ws, "key_dims": key_dims,
+            "mlp_ratio": int(sd["layers.0.residual_group.blocks.0.mlp.fc1.weight"].shape[0]) / e,
+            "dw_kernel": int(sd[f"{blk[0]}.groupatt.dws.0.c.weight"].shape[-1]),
+            "attention": "public" if public else "intended",
+            "scale": round((int(sd["upsample.0.weight"].shape[0]) / 3) ** 0.5)}
+
+
+def read_kair_options(path: Path) -> Dict[str, object]:
+    """The netG section of a KAIR option file (options/*.json of the public repository)."""
+    net = read_kair_json(path).get("netG") or {}
+    if net.get("net_type", "agileir") != "agileir":
+        raise ModelError(f"{path} configures net_type '{net.get('net_type')}', not agileir")
+    for key, want in (("upsampler", "pixelshuffledirect"), ("resi_connection", "1conv"), ("in_chans", 3)):
+        if key in net and net[key] != want:
+            raise ModelError(f"{path}: {key} {net[key]!r} is not supported (AgileIR here uses {want!r})")
+    out: Dict[str, object] = {}
+    for key, name, conv in (("window_size", "window_size", int), ("embed_dim", "embed_dim", int),
+                            ("depths", "depths", lambda v: tuple(map(int, v))),
+                            ("num_heads", "num_heads", lambda v: tuple(map(int, v))),
+                            ("key_dims", "key_dims", lambda v: tuple(map(int, v))),
+                            ("mlp_ratio", "mlp_ratio", float), ("upscale", "scale", int)):
+        if net.get(key) is not None:
+            out[name] = conv(net[key])
+    return out
+
+
+def describe_agileir(c: AgileIRConfig) -> str:
+    return (f"AgileIR with embed_dim {c.embed_dim}, depths {list(c.depths)}, heads {list(c.num_heads)}, "
+            f"window {c.window_size}, key_dims {list(c.key_dims)}, mlp_ratio {c.mlp_ratio:g}, "
+            f"{c.attention} attention")
+
+
+def agileir_arch_notes(c: AgileIRConfig, sources: Mapping[str, str]) -> List[str]:
+    why = {"checkpoint": ("every attention-output BatchNorm in the checkpoint is exactly zero: trained with the "
+                          "public code, whose blocks discard the attention (x + LN1(x), then the MLP)"
+                          if c.attention == "public" else
+                          "the checkpoint's attention-output BatchNorms are trained (non-zero)"),
+           "option": "chosen with --agileir-attention"}.get(sources.get("attention", ""),
+                                                           "no checkpoint: the paper's intended attention")
+    return [f"attention: {c.attention} ({why})"]
+
+
 register(ModelSpec(
     name="agileir",
     build=build,
@@ -302,13 +385,22 @@ register(ModelSpec(
     default_variant="normal",  # the smallest shipped config (about 1 M parameters)
     rgb_range=1.0,
     description="AgileIR (2024): SwinIR with group shifted window attention (cascaded group attention, "
-                "Conv+BN folded); the paper's intended attention with the shift mask applied",
+                "Conv+BN folded); the paper's intended attention with the shift mask applied, or the public "
+                "code's attention-free blocks for checkpoints trained with it",
     size_multiple=window_size,
     min_size=9,  # reflect padding to the window multiple needs pad < size: H, W > ws/2 (ws <= 16)
     recommended_tile=256,
     ignored_checkpoint_keys=ignored_checkpoint_keys,
     init_for_tests=init_for_tests,
-    extra={"divergence": "public code discards the attention output and passes no shift mask; "
-                         "this implementation uses the attention output and applies the mask"},
+    config_for=lambda variant, scale: VARIANTS[variant],
+    build_config=lambda config, scale: AgileIR(config, upscale=scale),
+    read_arch=read_agileir_arch,
+    read_config_file=read_kair_options,
+    describe=describe_agileir,
+    config_multiple=lambda config: config.window_size,
+    arch_notes=agileir_arch_notes,
+    extra={"divergence": "public code discards the attention output and passes no shift mask; the intended "
+                         "form uses the attention output and applies the mask; the public form reproduces the "
+                         "public code (chosen from the checkpoint, --agileir-attention)"},
 ))
 

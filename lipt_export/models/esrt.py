@@ -16,6 +16,7 @@ size, the official behaviour). EMHA memory is quadratic in H*W: see docs/models.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn as nn
@@ -294,6 +295,18 @@ def build(variant: str, scale: int) -> ESRT:
     return ESRT(upscale=scale)
 
 
+def read_esrt_arch(sd) -> dict:
+    """ESRT's architecture is fixed; the checkpoint's upsampler tells the scale (one conv to 9C: x3; one to
+    4C: x2; two: x4)."""
+    convs = sorted(k for k in sd if re.fullmatch(r"tail\.0\.\d+\.weight", k))
+    if not convs or "head.0.weight" not in sd:
+        return {}  # not ESRT's layout: the strict load lists what is missing
+    feats = int(sd["head.0.weight"].shape[0])
+    if len(convs) == 1 and int(sd[convs[0]].shape[0]) == 9 * feats:
+        return {"scale": 3}
+    return {"scale": 2 ** len(convs)}
+
+
 register(ModelSpec(
     name="esrt",
     build=build,
@@ -308,6 +321,7 @@ register(ModelSpec(
     recommended_tile=64,
     tile_required=True,
     init_for_tests=init_for_tests,
+    read_arch=read_esrt_arch,
     extra={"attention": "global inside each quarter of the H*W token sequence",
            "emha_score_bytes_fp32": "8 * N^2 per image (N = tile H*W): 8 heads x 4 segments x (N/4)^2 x 4 B"},
 ))

@@ -9,7 +9,8 @@ contract (float32 NCHW RGB in [0, 1] in and out) is applied by :class:`lipt_expo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
@@ -39,6 +40,17 @@ class ModelSpec:
     ignored_checkpoint_keys: Callable[[str], bool] = lambda key: False
     # Maps other official key layouts onto ours (e.g. LIPT convert.py's `.dbb_reparam.`); identity by default.
     remap_checkpoint_keys: Callable[[Dict[str, object]], Dict[str, object]] = lambda sd: sd
+    # Architecture hyper-parameters (lipt_export.models.arch): the family's config dataclass for a variant,
+    # building from a config, what a state dict determines (always "scale"), the official config files, a
+    # one-line description, and notes on fields neither weights nor files can tell. Families with a fixed
+    # architecture leave config_for None: their checkpoints only tell the scale.
+    config_for: Optional[Callable[[str, int], Any]] = None
+    build_config: Optional[Callable[[Any, int], nn.Module]] = None
+    read_arch: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
+    read_config_file: Optional[Callable[[Path], Dict[str, Any]]] = None
+    describe: Callable[[Any], str] = lambda config: str(config)
+    config_multiple: Callable[[Any], int] = lambda config: 1  # size_multiple of a config (its window)
+    arch_notes: Optional[Callable[[Any, Mapping[str, str]], List[str]]] = None
     extra: Dict[str, object] = field(default_factory=dict)
 
 

@@ -263,6 +263,13 @@ def smsr_init_for_tests(model: nn.Module, seed: int) -> None:
 
 # -- spatial-mask flips between eager and an ONNX artifact ------------------------------------------------
 
+def read_smsr_arch(sd) -> dict:
+    """SMSR's architecture is fixed (64 features, 5 SMMs); its checkpoint tells the scale (tail conv 3s^2)."""
+    if "tail.0.weight" not in sd:
+        return {}  # not SMSR's layout: the strict load lists what is missing
+    return {"scale": round((int(sd["tail.0.weight"].shape[0]) / 3) ** 0.5)}
+
+
 register(ModelSpec(
     name="smsr",
     build=build_smsr,
@@ -275,4 +282,5 @@ register(ModelSpec(
     min_size=1,
     recommended_tile=256,
     init_for_tests=smsr_init_for_tests,
+    read_arch=read_smsr_arch,
 ))

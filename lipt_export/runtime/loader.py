@@ -23,9 +23,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 from lipt_export.errors import ArtifactError
 from lipt_export.manifest import (MANIFEST_NAME, ArtifactEntry, IOContract, Manifest, ModelInfo, onnx_manifest,
                                   onnx_precision, read_manifest)
+from lipt_export.models.arch import Architecture
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.loading import prepare_model
-from lipt_export.models.registry import get_spec, resolve_variant
+from lipt_export.models.registry import ModelSpec, get_spec
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.ort import OnnxRuntimeRunner, ort_providers
@@ -176,21 +177,20 @@ def _checkpoint_runner(art: Artifact, model: Optional[str], variant: Optional[st
         raise ArtifactError(f"{art.path.name} is a PyTorch checkpoint: pass model=, scale= (and variant=) so it "
                             f"can be built, e.g. load_runner(path, model='lipt', variant='small', scale=4)")
     spec = get_spec(model)
-    variant = resolve_variant(spec, variant, scale)
-    deploy = prepare_model(spec, variant, scale, str(art.path), seed=0).deploy
-    art.manifest = Manifest(ModelInfo(spec.name, variant, scale), io_contract_for(spec, variant, scale))
-    return TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name=name or f"eager:{art.path.name}")
+    prepared = prepare_model(spec, variant, scale, str(art.path), seed=0)
+    art.manifest = Manifest(ModelInfo(spec.name, prepared.arch.variant, scale), io_contract_for(spec, prepared.arch))
+    return TorchRunner(UnitRangeIO(prepared.deploy, spec.rgb_range), name=name or f"eager:{art.path.name}")
 
 
-def tiling_for(spec, variant: str) -> TilingPolicy:
+def tiling_for(spec: ModelSpec, arch: Architecture) -> TilingPolicy:
     """The model's tiling policy (what export writes into the manifest's io.tiling)."""
-    return TilingPolicy.for_model(spec.size_multiple(variant), spec.recommended_tile, spec.tile_required)
+    return TilingPolicy.for_model(arch.size_multiple, spec.recommended_tile, spec.tile_required)
 
 
-def io_contract_for(spec, variant: str, scale: int) -> IOContract:
-    """The I/O contract of every artifact exported from ``spec``/``variant`` at ``scale``."""
-    policy = tiling_for(spec, variant)
-    return IOContract(scale=scale, multiple_of=policy.multiple_of, min_size=spec.min_size,
+def io_contract_for(spec: ModelSpec, arch: Architecture) -> IOContract:
+    """The I/O contract of every artifact exported from ``spec`` with architecture ``arch``."""
+    policy = tiling_for(spec, arch)
+    return IOContract(scale=arch.scale, multiple_of=policy.multiple_of, min_size=spec.min_size,
                       recommended_tile=policy.recommended_tile, tile_overlap=policy.overlap,
                       tile_required=policy.required)
 

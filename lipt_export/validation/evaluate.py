@@ -16,13 +16,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lipt_export.errors import CheckpointError, EvalError
+from lipt_export.errors import EvalError
 from lipt_export.fileio import sha256_file
 from lipt_export.manifest import Manifest, versions
-from lipt_export.models.checkpoint import load_weights, read_state_dict
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.loading import prepare_model
-from lipt_export.models.registry import build_model, get_spec, resolve_variant
+from lipt_export.models.registry import get_spec, resolve_variant
 from lipt_export.report import format_table
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
@@ -123,32 +122,12 @@ def format_results(report: Dict[str, Any]) -> str:
 
 # -- building the runners from the command line ---------------------------------------------------------
 
-def load_eager(model: str, variant: Optional[str], scale: int, weights: Optional[str], seed: int = 0):
-    """(spec, variant, deploy graph, weights info). A checkpoint that does not fit the scale says which
-    --scale it fits."""
+def load_eager(model: str, variant: Optional[str], scale: int, weights: Optional[str], seed: int = 0,
+               config_file: Optional[str] = None, options: Optional[Dict[str, Any]] = None):
+    """(spec, architecture, deploy graph, weights info); the architecture is read from the checkpoint."""
     spec = get_spec(model)
-    variant = resolve_variant(spec, variant, scale)
-    try:
-        _, deploy, info = prepare_model(spec, variant, scale, weights, seed)
-    except CheckpointError as exc:
-        hint = _fitting_scale(spec, variant, scale, weights) if weights and "misshaped" in str(exc) else None
-        msg = str(exc).splitlines()[0]
-        raise EvalError(msg + (f" (this checkpoint fits --scale {hint})" if hint else "")) from None
-    return spec, variant, deploy, info
-
-
-def _fitting_scale(spec, variant: str, scale: int, weights: str) -> Optional[int]:
-    """The other scale of the model family the checkpoint loads into, if any (error path only)."""
-    sd = spec.remap_checkpoint_keys(read_state_dict(weights))
-    for s in spec.scales:
-        if s == scale:
-            continue
-        try:
-            load_weights(build_model(spec.name, variant, s)[2], sd, ignore=spec.ignored_checkpoint_keys)
-            return s
-        except Exception:  # noqa: BLE001 - any failure just means "not this scale"
-            continue
-    return None
+    prepared = prepare_model(spec, variant, scale, weights, seed, config_file=config_file, options=options)
+    return spec, prepared.arch, prepared.deploy, prepared.weights
 
 
 def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optional[int] = None,
@@ -203,26 +182,26 @@ def extras_for(spec, deploy, targets: Sequence[EvalTarget], dataset_dir, scale: 
 
 def run_eval(model: str, variant: Optional[str], scale: int, weights: Optional[str], dataset: str,
              lr_dir: Optional[str] = None, artifacts: Sequence[str] = (), no_eager: bool = False,
-             tile: Optional[int] = None, parity_extras: bool = False, limit: Optional[int] = None, seed: int = 0
-             ) -> Dict[str, Any]:
+             tile: Optional[int] = None, parity_extras: bool = False, limit: Optional[int] = None, seed: int = 0,
+             config_file: Optional[str] = None, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The eval command as a function: builds the eager reference and the artifact runners, scores them all.
     ``report["notes"]`` lists what the caller should tell the user (demo weights, skipped engines, ...)."""
     open_dataset(dataset, scale, lr_dir=lr_dir, limit=limit)  # fail on the data before loading anything
     if no_eager and not artifacts:
         raise EvalError("nothing to evaluate: --no-eager needs at least one --artifact")
     spec = get_spec(model)
-    variant = resolve_variant(spec, variant, scale)
+    resolve_variant(spec, variant or spec.default_variant, scale)  # bad --variant/--scale: before any work
     weights_sha = sha256_file(weights) if weights and Path(weights).is_file() else None
     arts, notes = artifact_targets(artifacts, spec.name, scale, tile, weights_sha=weights_sha)
-    deploy, info = None, {"source": "none"}
+    deploy, info, arch = None, {"source": "none"}, None
     if not no_eager or parity_extras:
-        spec, variant, deploy, info = load_eager(model, variant, scale, weights, seed)
+        spec, arch, deploy, info = load_eager(model, variant, scale, weights, seed, config_file, options)
     targets: List[EvalTarget] = []
     if not no_eager:
         if info["source"] != "checkpoint":
             notes.insert(0, "no --weights given; the eager model uses demo weights (scores are meaningless)")
         # the same tiling policy as the artifacts', so ΔPSNR measures the artifact, not the tiling
-        eager = tiling_for(spec, variant).wrap(TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name="eager"),
+        eager = tiling_for(spec, arch).wrap(TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name="eager"),
                                                scale, tile)
         tiled = {"tile": eager.tile} if isinstance(eager, TiledRunner) else {}
         targets.append(EvalTarget(eager, "eager (pytorch)", "fp32", "pytorch", {"weights": info, **tiled}))
@@ -230,7 +209,8 @@ def run_eval(model: str, variant: Optional[str], scale: int, weights: Optional[s
     if parity_extras:
         extras_for(spec, deploy, targets, dataset, scale, lr_dir, limit)
     report = evaluate(targets, dataset, scale, lr_dir=lr_dir, limit=limit)
-    report["model"] = {"name": spec.name, "variant": variant, "scale": scale, "weights": info}
+    report["model"] = {"name": spec.name, "variant": arch.variant if arch else variant, "scale": scale,
+                       "weights": info, **({"architecture": arch.to_dict()} if arch else {})}
     report["versions"] = versions()
     report["notes"] = notes
     return report
