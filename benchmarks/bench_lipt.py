@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         res = run_export(ExportConfig(model=args.model, variant=args.variant, scale=args.scale, out=tmp,
-                                      fp16=args.fp16, lint=False))
+                                      fp16=args.fp16, lint=False, backend="onnxruntime"))
         export_wall = time.perf_counter() - t0
         spec, variant, train = build_model(args.model, args.variant, args.scale)
         spec.init_for_tests(train, 0)

@@ -35,7 +35,8 @@ from lipt_export.validation.inputs import natural_inputs  # noqa: E402
 def bench_one(model: str, variant: str, scale: int, size: int, runs: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        res = run_export(ExportConfig(model=model, variant=variant, scale=scale, out=tmp, lint=False))
+        res = run_export(ExportConfig(model=model, variant=variant, scale=scale, out=tmp, lint=False,
+                                      backend="onnxruntime"))
         export_wall = time.perf_counter() - t0
         spec, variant, train = build_model(model, variant, scale)
         spec.init_for_tests(train, 0)

@@ -31,6 +31,14 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give under the current umask (0644/0755 by default): temp
+    files and folders are private (0600/0700) until they are renamed into place, then get this mode."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def save_atomic(path: str | Path, write: Callable[[str], None]) -> None:
     """``write(tmp_name)`` writes the file; it is renamed to ``path`` only when complete."""
     path = Path(path)
@@ -38,6 +46,7 @@ def save_atomic(path: str | Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,6 +69,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def replace_dir(src: Path, dst: Path) -> None:
     """Move the finished temp dir ``src`` into place as ``dst``; an older ``dst`` is kept aside until the
     rename succeeded, then removed."""
+    os.chmod(src, umask_mode(directory=True))
     old = None
     if dst.exists():
         old = dst.with_name(f".{dst.name}.old-{int(time.time())}")

@@ -175,10 +175,13 @@ class Manifest:
     artifacts: Tuple[ArtifactEntry, ...] = ()
     created: str = ""
     root: Optional[Path] = field(default=None, compare=False)  # the export directory it was read from
+    # golden.npz: inputs and the eager model's outputs, so `lipt-export verify` can check every artifact later
+    golden: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "export", _frozen(self.export))
         object.__setattr__(self, "artifacts", tuple(self.artifacts))
+        object.__setattr__(self, "golden", _frozen(self.golden))
 
     # -- building --------------------------------------------------------------------------------------
     @classmethod
@@ -203,32 +206,45 @@ class Manifest:
     def artifact_path(self, entry: ArtifactEntry, verify: bool = True) -> Path:
         """The entry's file, checked: inside the export directory, present, and (``verify``) with the sha256
         the manifest records. Raises :class:`ManifestError` naming the file and the fix."""
+        return self._checked(entry.path, entry.sha256 if verify else None)
+
+    def golden_path(self) -> Path:
+        """golden.npz, checked like an artifact; an export without one predates `verify`."""
+        if not self.golden:
+            raise ManifestError(f"{self.root} has no golden.npz (exported before `lipt-export verify` existed); "
+                                f"re-export it")
+        return self._checked(str(self.golden.get("path")), str(self.golden.get("sha256")))
+
+    def _checked(self, rel_path: str, sha256: Optional[str]) -> Path:
         if self.root is None:
-            raise ManifestError(f"{entry.path}: this manifest was not read from an export directory")
+            raise ManifestError(f"{rel_path}: this manifest was not read from an export directory")
         root = self.root.resolve()
-        rel = Path(entry.path)
+        rel = Path(rel_path)
         target = (root / rel).resolve()
         if rel.is_absolute() or root not in target.parents:
-            raise ManifestError(f"{self.root / MANIFEST_NAME}: artifact path '{entry.path}' points outside the "
-                                f"export directory; re-export instead of editing the manifest")
+            raise ManifestError(f"{self.root / MANIFEST_NAME}: path '{rel_path}' points outside the export "
+                                f"directory; re-export instead of editing the manifest")
         if not target.is_file():
-            raise ManifestError(f"{self.root / entry.path} is listed in the manifest but missing; re-export or "
+            raise ManifestError(f"{self.root / rel_path} is listed in the manifest but missing; re-export or "
                                 f"copy the whole export directory")
-        if verify and sha256_file(target) != entry.sha256:
-            raise ManifestError(f"{self.root / entry.path} does not match its manifest entry (sha256 differs): the "
+        if sha256 is not None and sha256_file(target) != sha256:
+            raise ManifestError(f"{self.root / rel_path} does not match its manifest entry (sha256 differs): the "
                                 f"file was changed after export; re-export it")
-        return self.root / entry.path
+        return self.root / rel_path
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.created,
-                "model": self.model.to_dict(), "io": self.io.to_dict(), "export": _plain(self.export),
-                "artifacts": [a.to_dict() for a in self.artifacts]}
+        d = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "created": self.created,
+             "model": self.model.to_dict(), "io": self.io.to_dict(), "export": _plain(self.export),
+             "artifacts": [a.to_dict() for a in self.artifacts]}
+        if self.golden:
+            d["golden"] = _plain(self.golden)
+        return d
 
     def description(self) -> Dict[str, Any]:
         """Everything but the artifact list (what each ONNX file carries in its metadata)."""
         d = self.to_dict()
-        d.pop("artifacts")
-        d.pop("created")
+        for key in ("artifacts", "created", "golden"):
+            d.pop(key, None)
         return d
 
     @classmethod
@@ -251,7 +267,11 @@ class Manifest:
             if isinstance(exc, ManifestError):
                 raise
             raise ManifestError(f"{origin} is malformed ({type(exc).__name__}: {exc}); re-export") from None
-        return cls(model, io, d.get("export") or {}, entries, str(d.get("created", "")), root)
+        golden = d.get("golden") or {}
+        if golden and not (isinstance(golden, Mapping) and isinstance(golden.get("path"), str)
+                           and isinstance(golden.get("sha256"), str)):
+            raise ManifestError(f"{origin}: 'golden' needs a path and a sha256; re-export")
+        return cls(model, io, d.get("export") or {}, entries, str(d.get("created", "")), root, golden)
 
 
 def versions() -> Dict[str, str]:

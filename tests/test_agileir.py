@@ -187,7 +187,8 @@ def test_onnx_parity_and_no_stale_mask(tiny_onnx, monkeypatch):
 
 @pytest.mark.slow  # ~40 s on 2 cores: the smallest registered variant still has 32 blocks
 def test_cli_export_registered_variant(tmp_path):
-    args = ["--model", "agileir", "--variant", "normal", "--scale", "2", "--out", str(tmp_path), "--no-lint"]
+    args = ["--model", "agileir", "--variant", "normal", "--scale", "2", "--out", str(tmp_path), "--no-lint",
+            "--backend", "onnxruntime"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     man = json.loads((tmp_path / "agileir-normal-x2" / "manifest.json").read_text())

@@ -28,7 +28,8 @@ TOL = 1e-5
 
 
 def _export(tmp_path, *args):
-    res = CliRunner().invoke(main, ["--out", str(tmp_path / "out"), "--no-lint", "--parity-size", "40x40",
+    res = CliRunner().invoke(main, ["--out", str(tmp_path / "out"), "--no-lint", "--backend", "onnxruntime",
+                                    "--parity-size", "40x40",
                                     "--parity-size", "37x51", *map(str, args)], catch_exceptions=False)
     return res
 

@@ -150,7 +150,8 @@ def test_spec_records_tiling():
 def cli_export(tmp_path_factory):
     """One CLI export (x4, demo weights seed 0, traced at 64x64) shared by the artifact and parity tests."""
     out = tmp_path_factory.mktemp("esrt")
-    result = CliRunner().invoke(main, ["--model", "esrt", "--scale", "4", "--out", str(out), "--no-lint"],
+    result = CliRunner().invoke(main, ["--model", "esrt", "--scale", "4", "--out", str(out), "--no-lint",
+                                       "--backend", "onnxruntime"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return out / "esrt-base-x4"

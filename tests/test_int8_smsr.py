@@ -32,6 +32,7 @@ def precision(tmp_path_factory, shared):
     out = tmp_path_factory.mktemp("smsr_precision")
     t0 = time.perf_counter()
     result = run_export(ExportConfig(model="smsr", scale=2, weights=str(ckpt), out=str(out), fp16=True, int8=True,
+                                     backend="onnxruntime",
                                      calib=str(calib), calib_count=16, calib_size=64,
                                      parity_sizes=((48, 48), (37, 51))))
     t_export = time.perf_counter() - t0

@@ -26,7 +26,7 @@ from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.validation.inputs import natural_inputs
 from lipt_export.validation.parity import compare
 
-ARGS = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--no-lint"]
+ARGS = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--no-lint", "--backend", "onnxruntime"]
 
 
 def _run(args):
@@ -50,7 +50,7 @@ def exported(tmp_path_factory):
 
 def test_export_writes_artifacts_manifest_and_report(exported):
     out_dir, output = exported
-    assert sorted(p.name for p in out_dir.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["golden.npz", "manifest.json", "model.onnx", "report.md"]
     man = manifest_json(out_dir)
     assert man["schema_version"] == mf.SCHEMA_VERSION
     assert man["model"]["name"] == "lipt" and man["model"]["scale"] == 2
@@ -173,7 +173,9 @@ def test_failed_parity_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "o"
     assert _run([*ARGS, "--out", str(out)]).exit_code == 0
     before = mf.sha256_file(out / "lipt-tiny-x2" / "manifest.json")
-    monkeypatch.setattr(pipeline, "FP32_REL_L2_LIMIT", 0.0)  # nothing can pass an exact-zero limit
+    from lipt_export.validation import parity as gates
+
+    monkeypatch.setattr(gates, "FP32_REL_L2_LIMIT", 0.0)  # nothing can pass an exact-zero limit
     res = _invoke([*ARGS, "--out", str(out), "--seed", "1"])
     assert res.exit_code != 0 and "does not match the eager model" in res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["lipt-tiny-x2"]

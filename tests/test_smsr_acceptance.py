@@ -34,7 +34,7 @@ def official(tmp_path_factory, shared):
                                    "datasets/Set5/LR_bicubic/X2")
     out = tmp_path_factory.mktemp("smsr_export")
     t0 = time.perf_counter()
-    result = run_export(ExportConfig(model="smsr", scale=2, weights=str(ckpt), out=str(out),
+    result = run_export(ExportConfig(model="smsr", scale=2, weights=str(ckpt), out=str(out), backend="onnxruntime",
                                      parity_sizes=((48, 48), (37, 51)), lint=False))
     t_export = time.perf_counter() - t0
     report_path = out / "eval.json"

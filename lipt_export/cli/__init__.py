@@ -27,6 +27,7 @@ COMMANDS = {
     "lint": "lipt_export.cli.lint",
     "triton": "lipt_export.cli.triton",
     "bench": "lipt_export.cli.bench",
+    "verify": "lipt_export.cli.verify",
 }
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from lipt_export.cli.options import arch_options, parse_size
-from lipt_export.engines.tensorrt import EngineOptions
-from lipt_export.export.pipeline import DEFAULT_PARITY_SIZES, ExportConfig, ExportResult, run_export
-from lipt_export.export.summary import ARTIFACT_HEADER, summary_rows
+from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, EngineOptions, parse_capabilities
+from lipt_export.export.pipeline import BACKENDS, DEFAULT_PARITY_SIZES, ExportConfig, ExportResult, run_export
+from lipt_export.export.summary import ARTIFACT_HEADER, ENGINE_HEADER, engine_rows, summary_rows
 from lipt_export.fileio import write_json_atomic
 from lipt_export.models.registry import available_models
 from lipt_export.report import format_table
@@ -60,9 +60,12 @@ class _ExportCommand(click.Command):
               type=click.Choice(["minmax", "entropy", "percentile"]))
 @click.option("--max-psnr-drop", default=0.10, show_default=True, type=float,
               help="INT8 budget: PSNR-Y drop vs FP32 (dB) on held-out images before nodes fall back to float.")
-@click.option("--backend", default="onnxruntime", show_default=True,
-              type=click.Choice(["onnxruntime", "tensorrt", "auto"]),
-              help="auto = TensorRT engines when TensorRT and a GPU exist, else ONNX Runtime only.")
+@click.option("--backend", default=ExportConfig.backend, show_default=True, type=click.Choice(list(BACKENDS)),
+              help="Engines: tensorrt = TensorRT for this machine's GPU; tensorrt-rtx = TensorRT-RTX ahead of time "
+                   "for --compute-capabilities (no GPU needed); auto = TensorRT with a GPU, else TensorRT-RTX when "
+                   "installed, else ONNX only; onnxruntime = ONNX only.")
+@click.option("--compute-capabilities", default=",".join(DEFAULT_COMPUTE_CAPABILITIES), show_default=True,
+              help="TensorRT-RTX targets (RTX 30xx 8.6, RTX 40xx 8.9, RTX 50xx 12.0; also 7.5, 8.0, 12.1).")
 @click.option("--shapes", default=EngineOptions.shapes, show_default=True,
               help="TensorRT profile MINxMIN:OPTxOPT:MAXxMAX (LR H x W).")
 @click.option("--batch", default=EngineOptions.batch, show_default=True, help="TensorRT batch range MIN:OPT:MAX.")
@@ -77,9 +80,10 @@ class _ExportCommand(click.Command):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--no-lint", is_flag=True, help="Skip the TensorRT-compatibility lint.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Also write the summary JSON here.")
-def command(model, variant, scale, weights, config_file, agileir_attention, out, name, opset, dynamo, simplifier, no_simplify, fp16, fp16_io, int8,
-            calib, calib_lr, calib_count, calib_size, calib_method, max_psnr_drop, backend, shapes, batch, workspace,
-            builder_opt_level, timing_cache, parity_sizes, parity_images, seed, no_lint, json_path):
+def command(model, variant, scale, weights, config_file, agileir_attention, out, name, opset, dynamo, simplifier,
+            no_simplify, fp16, fp16_io, int8, calib, calib_lr, calib_count, calib_size, calib_method, max_psnr_drop,
+            backend, compute_capabilities, shapes, batch, workspace, builder_opt_level, timing_cache, parity_sizes,
+            parity_images, seed, no_lint, json_path):
     """Export a model: reparameterize, ONNX, simplify, precision variants, engines, validate, manifest."""
     sizes = [parse_size(s) for s in parity_sizes] or list(DEFAULT_PARITY_SIZES)
     cfg = ExportConfig(model=model, variant=variant, scale=scale, weights=weights, config=config_file,
@@ -89,7 +93,8 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
                        int8=int8, calib=calib, calib_lr=calib_lr, calib_count=calib_count, calib_size=calib_size,
                        calib_method=calib_method, max_psnr_drop=max_psnr_drop, backend=backend, lint=not no_lint,
                        engine=EngineOptions(shapes=shapes, batch=batch, workspace_gib=workspace,
-                                            builder_opt_level=builder_opt_level, timing_cache=timing_cache))
+                                            builder_opt_level=builder_opt_level, timing_cache=timing_cache,
+                                            compute_capabilities=parse_capabilities(compute_capabilities)))
     result = run_export(cfg)
     print_summary(result)
     if json_path:
@@ -110,6 +115,16 @@ def print_summary(result: ExportResult) -> None:
     for note in arch.get("notes", []):
         click.echo(f"  note: {note}")
     click.echo(format_table(ARTIFACT_HEADER, summary_rows(man)))
+    engines = man.select("tensorrt")
+    backend = man.export.get("engines") or {}
+    click.echo(f"\nengines: {backend.get('backend', '-')} ({backend.get('why', '')})")
+    if engines:
+        click.echo(format_table(ENGINE_HEADER, engine_rows(man)))
+        if any(isinstance(e.get("parity"), str) for e in engines):
+            caps = ", ".join(engines[0].get("compute_capabilities") or [])
+            click.echo(f"  these engines run on GPUs of compute capability {caps} with TensorRT-RTX "
+                       f"{engines[0].get('tensorrt_version')}; check them there with `lipt-export verify "
+                       f"{result.out_dir}`")
     click.echo("")
     click.echo(format_table(("stage", "seconds"), [[k, f"{v:.2f}"] for k, v in result.timings.items()]))
     click.echo(f"\nmanifest: {result.out_dir / 'manifest.json'}   report: {result.out_dir / 'report.md'}")

@@ -1,128 +1,262 @@
-"""TensorRT engines from the precision-carrying ONNX artifacts, built with polygraphy's loaders.
+"""TensorRT engines from the precision-carrying ONNX artifacts, built with polygraphy's loaders, for either
+TensorRT (datacenter, needs its GPU) or TensorRT-RTX (ahead of time for chosen compute capabilities, no GPU).
 
-Nothing here imports TensorRT at module level: every entry point first asks
-:func:`lipt_export.runtime.trt.tensorrt_status` and fails with its one line when TensorRT or a GPU is missing.
+Nothing here imports TensorRT at module level; :func:`lipt_export.runtime.trt.select_tensorrt` picks the module.
 
-* Networks are strongly typed (the only mode in TensorRT 11; requested explicitly on 10.x): the FP16 and
-  INT8 (Q/DQ) ONNX files carry their precision, no builder precision flags are used.
+* Networks are strongly typed (the only mode in TensorRT 11 and TensorRT-RTX): the FP16 and INT8 (Q/DQ) ONNX
+  files carry their precision, no builder precision flags are used.
+* Each ONNX is parsed once with a logger that keeps the parser's errors and warnings (they go into the
+  manifest; an error fails the export), then audited (:mod:`lipt_export.engines.audit`), then built.
 * One optimization profile from ``--shapes``/``--batch``; the max shape is checked against the 2^31-element
   limit on the fp32 ONNX before any build (:mod:`lipt_export.engines.shapes`).
-* ``--workspace`` (GiB), ``--builder-opt-level`` and a timing cache file shared by every build.
 * ``model.<precision>.engine`` is the plan exactly as TensorRT serialized it (trtexec, Triton and C++ load it
   as is); everything else lives in the manifest entry, which loading checks.
 """
 from __future__ import annotations
 
 import logging
-import math
+import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lipt_export.engines.audit import audit_network, audit_summary, cross_check
 from lipt_export.engines.shapes import ProfileSpec, check_max_shape, parse_profile
 from lipt_export.errors import EngineError
-from lipt_export.fileio import sha256_file
+from lipt_export.fileio import save_atomic, sha256_file
 from lipt_export.manifest import ArtifactEntry, Manifest
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.ort import OnnxRuntimeRunner
-from lipt_export.runtime.trt import current_environment, load_engine_runner, require_tensorrt
-from lipt_export.validation.parity import compare
+from lipt_export.runtime.trt import (current_environment, load_engine_runner, require_tensorrt, select_tensorrt,
+                                     tensorrt_rtx_status)
+from lipt_export.validation.parity import compare, psnr_parity_ok
 
 logger = logging.getLogger(__name__)
 
-# An engine must stay within 1 dB of the ONNX it came from (both against the eager model), unless it is
-# already this close to the eager model.
-ENGINE_PSNR_SLACK_DB = 1.0
-ENGINE_PSNR_EXCELLENT_DB = 60.0
+# Ampere (RTX 30xx, A-series), Ada (RTX 40xx, L4/L40), Blackwell consumer (RTX 50xx): the cards TensorRT-RTX
+# targets today. Each extra capability adds its kernels to the plan (size and build time grow with the list).
+DEFAULT_COMPUTE_CAPABILITIES: Tuple[str, ...] = ("8.6", "8.9", "12.0")
+
+
+def engine_parity_ok(engine_psnr_db: float, onnx_psnr_db: float, finite: bool = True) -> bool:
+    """An engine must stay within 1 dB of the ONNX it came from (both against the eager model)."""
+    return psnr_parity_ok(engine_psnr_db, onnx_psnr_db, finite)
+
+
+def parse_capabilities(text: str | Sequence[str]) -> Tuple[str, ...]:
+    items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
+    if not items or any(not re.fullmatch(r"\d+\.\d+", t) for t in items):
+        raise EngineError(f"--compute-capabilities '{text}' must be MAJOR.MINOR values, e.g. "
+                          f"{','.join(DEFAULT_COMPUTE_CAPABILITIES)}")
+    return tuple(dict.fromkeys(items))
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """How engines are built; the defaults are the CLI's defaults (validated by :meth:`profile`)."""
+    """How engines are built; the defaults are the CLI's defaults (validated by :meth:`validate`)."""
 
     shapes: str = "32x32:256x256:512x512"  # LR MINxMIN:OPTxOPT:MAXxMAX
     batch: str = "1:1:1"
     workspace_gib: float = 4.0
     builder_opt_level: int = 3
     timing_cache: Optional[str] = None
+    compute_capabilities: Tuple[str, ...] = field(default=DEFAULT_COMPUTE_CAPABILITIES)  # TensorRT-RTX targets
 
     def profile(self) -> ProfileSpec:
         return parse_profile(self.shapes, self.batch)
+
+    def validate(self, flavor: str) -> None:
+        """Everything checkable before any work: the profile, and for TensorRT-RTX the targets."""
+        self.profile()
+        if flavor == "tensorrt-rtx":
+            check_capabilities(select_tensorrt(flavor), self.compute_capabilities)
 
     def as_dict(self):
         return asdict(self)
 
 
-def engine_parity_ok(engine_psnr_db: float, onnx_psnr_db: float, finite: bool = True) -> bool:
-    if not finite or math.isnan(engine_psnr_db):
-        return False
-    return engine_psnr_db >= ENGINE_PSNR_EXCELLENT_DB or engine_psnr_db >= onnx_psnr_db - ENGINE_PSNR_SLACK_DB
+@dataclass
+class ParsedNetwork:
+    builder: Any
+    network: Any
+    parser: Any
+    errors: List[str]
+    warnings: List[str]
 
 
-def build_engine(onnx_path: Path, engine_path: Path, profile: ProfileSpec, *, input_name: str = "lr",
-                 workspace_gib: float = 4.0, builder_opt_level: int = 3,
-                 timing_cache: Optional[Path] = None) -> float:
-    """Build one strongly typed engine with polygraphy's loaders and save the plan; returns build seconds."""
-    require_tensorrt()
-    import tensorrt as trt
-    from polygraphy.backend.trt import CreateConfig, EngineFromNetwork, NetworkFromOnnxPath, Profile, SaveEngine
+_CAPTURE: Dict[str, Any] = {}
+
+
+def _capture_logger(trt):
+    """One logger per TensorRT module and process: TensorRT keeps the first logger any builder was created
+    with and ignores later ones, so parse messages are read from this one (cleared before each parse)."""
+    if trt.__name__ not in _CAPTURE:
+        class _Capture(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.messages: List[Tuple[Any, str]] = []
+
+            def log(self, severity, msg):
+                self.messages.append((severity, msg))
+
+        _CAPTURE[trt.__name__] = _Capture()
+    return _CAPTURE[trt.__name__]
+
+
+def parse_onnx(trt, onnx_path: Path, strongly_typed_flag: bool) -> ParsedNetwork:
+    """Parse with TensorRT's own ONNX parser, keeping its errors and warnings."""
+    log = _capture_logger(trt)
+    log.messages.clear()
+    builder = trt.Builder(log)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed_flag else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, log)
+    ok = parser.parse_from_file(str(onnx_path))
+    errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+    severe = (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)
+    errors += [m for s, m in log.messages if s in severe and m not in errors]
+    if not ok and not errors:
+        errors = ["the parser rejected the model without a message"]
+    warnings = [m for s, m in log.messages if s == trt.ILogger.Severity.WARNING and "logger passed into" not in m]
+    return ParsedNetwork(builder, network, parser, errors, warnings)
+
+
+def parser_findings(onnx_path: Path) -> Optional[Dict[str, List[str]]]:
+    """TensorRT-RTX's parser verdict on ``onnx_path`` ({"errors", "warnings"}), or None when it is not installed:
+    the lint's oracle (no GPU needed)."""
+    if not tensorrt_rtx_status()[0]:
+        return None
+    parsed = parse_onnx(select_tensorrt("tensorrt-rtx"), onnx_path, strongly_typed_flag=False)
+    return {"errors": parsed.errors, "warnings": parsed.warnings}
+
+
+def _build_plan(flavor: str, parsed: ParsedNetwork, profile: ProfileSpec, input_name: str, options: EngineOptions,
+                timing_cache: Optional[Path]) -> bytes:
+    """Build the serialized plan through polygraphy's loaders."""
+    trt = select_tensorrt(flavor)
+    from polygraphy.backend.trt import EngineBytesFromNetwork, Profile
+    from polygraphy.logger import G_LOGGER
 
     prof = Profile().add(input_name, min=profile.shape("min"), opt=profile.shape("opt"), max=profile.shape("max"))
     cache = str(timing_cache) if timing_cache else None
-    config = CreateConfig(profiles=[prof], builder_optimization_level=builder_opt_level,
-                          memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(workspace_gib * (1 << 30))},
-                          load_timing_cache=cache if cache and Path(cache).is_file() else None)
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
-    t0 = time.perf_counter()
-    engine = SaveEngine(EngineFromNetwork(network, config=config, save_timing_cache=cache), path=str(engine_path))()
-    if engine is None:
-        raise EngineError(f"TensorRT could not build {engine_path.name} from {onnx_path.name}; see the log above")
-    del engine
-    return time.perf_counter() - t0
+    common = dict(profiles=[prof], builder_optimization_level=options.builder_opt_level,
+                  load_timing_cache=cache if cache and Path(cache).is_file() else None)
+    if flavor == "tensorrt-rtx":
+        from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+        # No workspace limit: building ahead of time, TensorRT-RTX reserves a workspace-sized host buffer
+        # (ESRT with a 4 GiB limit: "OutOfMemory, requested 4299136516 bytes" on this 24 GiB machine).
+        caps = [tuple(int(v) for v in c.split(".")) for c in options.compute_capabilities]
+        config = CreateConfigRTX(compute_capabilities=caps, **common)
+    else:
+        from polygraphy.backend.trt import CreateConfig
+
+        config = CreateConfig(memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * (1 << 30))},
+                              **common)
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        plan = EngineBytesFromNetwork((parsed.builder, parsed.network, parsed.parser), config=config,
+                                      save_timing_cache=cache)()
+    if plan is None:
+        raise EngineError("TensorRT could not build the engine; see the log above")
+    return bytes(plan)
+
+
+def check_capabilities(trt, capabilities: Sequence[str]) -> Tuple[str, ...]:
+    """The targets, each one this TensorRT-RTX can build for."""
+    caps = parse_capabilities(capabilities)
+    missing = [c for c in caps if not hasattr(trt.ComputeCapability, "SM" + c.replace(".", ""))]
+    if missing:
+        have = sorted(n[2:-1] + "." + n[-1] for n in dir(trt.ComputeCapability) if re.fullmatch(r"SM\d+", n))
+        raise EngineError(f"TensorRT-RTX {trt.__version__} cannot target compute capability {', '.join(missing)}; "
+                          f"choose from {', '.join(have)}")
+    return caps
+
+
+def _targets(flavor: str, options: EngineOptions, trt) -> Dict[str, Any]:
+    """What the plan is tied to: TensorRT-RTX: the compute capabilities built for; TensorRT: this GPU."""
+    if flavor == "tensorrt-rtx":
+        caps = check_capabilities(trt, options.compute_capabilities)
+        return {"runtime": "tensorrt-rtx", "tensorrt_version": trt.__version__, "compute_capabilities": list(caps)}
+    env = current_environment()
+    return {"runtime": "tensorrt", **env, "compute_capabilities": [env["compute_capability"]]}
 
 
 def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], manifest: Manifest,
                              options: EngineOptions, parity_inputs: Sequence[np.ndarray],
-                             reference_runner: Runner) -> List[ArtifactEntry]:
-    """Called by the export pipeline with the finished ONNX artifacts (paths relative to ``root``): build one
-    engine per artifact, validate each against the eager reference through the same comparator path as the
-    ONNX files, and return their manifest entries."""
-    require_tensorrt()
+                             reference_runner: Runner, flavor: str = "tensorrt",
+                             claims: Optional[Callable[[ArtifactEntry], Mapping[str, Any]]] = None
+                             ) -> List[ArtifactEntry]:
+    """Called by the export pipeline with the finished ONNX artifacts (paths relative to ``root``): parse, audit
+    (cross-checked against ``claims(entry)``: what the precision stages recorded), build one engine each, and
+    validate it against the eager reference where it can run here. Returns the engines' manifest entries."""
+    if flavor == "tensorrt":
+        require_tensorrt()
+    else:
+        ok, why = tensorrt_rtx_status()
+        if not ok:
+            raise EngineError(why)
+    trt = select_tensorrt(flavor)
     profile = options.profile()
     input_name = manifest.io.input_name
     fp32 = next(Path(root) / e.path for e in onnx_entries if e.precision == "fp32")
     report = check_max_shape(fp32, profile)  # before any build: minutes saved, clear message
-    logger.info(f"[engine] profile {profile.as_dict(input_name)}; largest tensor at max shape: {report.tensor} "
-                f"{report.largest:,} elements")
-    cache = Path(options.timing_cache or (Path(root).parent / ".trt-timing.cache"))
-    env = current_environment()
+    logger.info(f"[engine] {flavor} {trt.__version__}; profile {profile.as_dict(input_name)}; largest tensor at max "
+                f"shape: {report.tensor} {report.largest:,} elements")
+    targets = _targets(flavor, options, trt)
+    # Timing caches are no-ops in TensorRT-RTX (deprecated since 1.2; using one only adds warnings).
+    cache = None if flavor == "tensorrt-rtx" else Path(options.timing_cache or (Path(root).parent / ".trt-timing.cache"))
     entries: List[ArtifactEntry] = []
     for source in onnx_entries:
         onnx_path = Path(root) / source.path
         engine_path = Path(root) / f"model.{source.precision}.engine"
-        logger.info(f"[engine] building {engine_path.name} from {onnx_path.name} (TensorRT "
-                    f"{env['tensorrt_version']}, {env['gpu']})")
-        seconds = build_engine(onnx_path, engine_path, profile, input_name=input_name,
-                               workspace_gib=options.workspace_gib, builder_opt_level=options.builder_opt_level,
-                               timing_cache=cache)
+        parsed = parse_onnx(trt, onnx_path, strongly_typed_flag=flavor == "tensorrt")
+        if parsed.errors:
+            raise EngineError(f"TensorRT's parser rejects {onnx_path.name}: {parsed.errors[0]}")
+        audit = audit_network(trt, parsed.network)
+        if claims is not None:
+            cross_check(onnx_path.name, audit, claims(source))
+        logger.info(f"[engine] building {engine_path.name} from {onnx_path.name} for "
+                    f"{', '.join(targets['compute_capabilities'])}")
+        t0 = time.perf_counter()
+        plan = _build_plan(flavor, parsed, profile, input_name, options, cache)
+        seconds = time.perf_counter() - t0
+        log = _capture_logger(trt)  # parse + build messages of this network
+        build_warnings = [m for sv, m in log.messages if sv == trt.ILogger.Severity.WARNING
+                          and m not in parsed.warnings and "logger passed into" not in m]
+        save_atomic(engine_path, lambda tmp: Path(tmp).write_bytes(plan))
         entry = ArtifactEntry.for_file(
             engine_path, root, fmt="tensorrt", precision=source.precision, source_onnx=onnx_path.name,
-            source_onnx_sha256=sha256_file(onnx_path), profile=profile.as_dict(input_name), **env,
+            source_onnx_sha256=sha256_file(onnx_path), profile=profile.as_dict(input_name), **targets,
             builder={"strongly_typed": True, "workspace_gib": options.workspace_gib,
-                     "builder_opt_level": options.builder_opt_level,
-                     "timing_cache": cache.name, "build_s": round(seconds, 2), "polygraphy_loaders": True},
+                     "builder_opt_level": options.builder_opt_level, "timing_cache": cache.name if cache else None,
+                     "polygraphy_loaders": True},
+            build_s=round(seconds, 2), parser={"errors": parsed.errors, "warnings": parsed.warnings},
+            build_warnings=build_warnings,
+            precision_audit=audit_summary(audit, source.precision),
             **({"fp16_io": source.get("fp16_io")} if source.get("fp16_io") else {}))
-        runner = load_engine_runner(engine_path, entry, manifest)
-        onnx_runner = OnnxRuntimeRunner(onnx_path, name=onnx_path.name, precision=source.precision)
-        onnx_par, eng_par = compare(reference_runner, [onnx_runner, runner], parity_inputs)
-        runner.runner.close()  # free GPU memory before the next build
-        entry = entry.with_details(parity=eng_par.as_dict())
-        if not engine_parity_ok(eng_par.psnr_db, onnx_par.psnr_db, eng_par.finite):
-            raise EngineError(f"{engine_path.name} does not match the eager model: PSNR {eng_par.psnr_db:.1f} dB vs "
-                              f"{onnx_par.psnr_db:.1f} dB for {onnx_path.name}; no artifact written")
-        logger.info(f"[engine] {engine_path.name}: {seconds:.1f}s build, PSNR {eng_par.psnr_db:.1f} dB vs eager")
+        entry = entry.with_details(parity=_engine_parity(flavor, engine_path, entry, manifest, onnx_path, source,
+                                                         parity_inputs, reference_runner))
+        logger.info(f"[engine] {engine_path.name}: {seconds:.1f}s build, {engine_path.stat().st_size / 1e6:.1f} MB, "
+                    f"compute layers {audit['by_precision']}")
         entries.append(entry)
     return entries
+
+
+def _engine_parity(flavor: str, engine_path: Path, entry: ArtifactEntry, manifest: Manifest, onnx_path: Path,
+                   source: ArtifactEntry, parity_inputs, reference_runner) -> Any:
+    """Parity against the eager model where the engine runs here (TensorRT with its GPU); a TensorRT-RTX plan
+    built ahead of time says where to check it."""
+    if flavor == "tensorrt-rtx":
+        caps = ", ".join(entry.get("compute_capabilities"))
+        return (f"pending: needs a GPU with compute capability in [{caps}]; run lipt-export verify on it")
+    runner = load_engine_runner(engine_path, entry, manifest)
+    onnx_runner = OnnxRuntimeRunner(onnx_path, name=onnx_path.name, precision=source.precision)
+    onnx_par, eng_par = compare(reference_runner, [onnx_runner, runner], parity_inputs)
+    runner.runner.close()  # free GPU memory before the next build
+    if not engine_parity_ok(eng_par.psnr_db, onnx_par.psnr_db, eng_par.finite):
+        raise EngineError(f"{engine_path.name} does not match the eager model: PSNR {eng_par.psnr_db:.1f} dB vs "
+                          f"{onnx_par.psnr_db:.1f} dB for {onnx_path.name}; no artifact written")
+    return eng_par.as_dict()

@@ -46,3 +46,31 @@ def tensor_types(model: onnx.ModelProto) -> Dict[str, int]:
                 if attr.name == "value" and attr.t is not None:
                     types[node.output[0]] = attr.t.data_type
     return types
+
+
+def constant_names(graph: onnx.GraphProto) -> set:
+    """Tensors known before run time: initializers and Constant outputs."""
+    return {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+
+
+def reshape_allowzero(model: onnx.ModelProto) -> int:
+    """Give every Reshape whose target shape is computed at run time ``allowzero=1``: PyTorch's reshape never
+    copies a dimension for a 0 (ONNX's default does), so this is the exact encoding of the traced op, and it
+    tells TensorRT no runtime 0 is a placeholder (else it warns that such a dim "might or might not be zero").
+    Reshapes with constant shapes are left as exported. Returns how many nodes changed (opset >= 14)."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 14:
+        return 0
+    known = constant_names(model.graph)
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2 or node.input[1] in known:
+            continue
+        attr = next((a for a in node.attribute if a.name == "allowzero"), None)
+        if attr is None:
+            node.attribute.append(onnx.helper.make_attribute("allowzero", 1))
+            changed += 1
+        elif attr.i == 0:
+            attr.i = 1
+            changed += 1
+    return changed

@@ -23,6 +23,7 @@ from onnx import TensorProto, numpy_helper
 
 from google.protobuf.message import DecodeError
 
+from lipt_export.engines.tensorrt import parser_findings
 from lipt_export.errors import ExportError
 from lipt_export.export.graph import consumers, producers, tensor_types
 from lipt_export.report import format_table
@@ -60,6 +61,7 @@ class LintReport:
     findings: List[Finding] = field(default_factory=list)
     opset: Optional[int] = None
     nodes: int = 0
+    parser: str = "not run"  # TensorRT's own ONNX parser: "tensorrt-rtx" when it ran
 
     @property
     def errors(self) -> List[Finding]:
@@ -76,7 +78,7 @@ class LintReport:
         return {"status": self.status(), "errors": len(self.errors), "warnings": len(self.warnings),
                 "findings": [{"severity": f.severity, "node": f.node, "reason": f.reason} for f in self.findings],
                 "checked": f"TensorRT 10/11 ONNX parser rules ({DATA_FILE.name}), opset {self.opset}, "
-                           f"{self.nodes} nodes"}
+                           f"{self.nodes} nodes; TensorRT parser: {self.parser}"}
 
     def table(self) -> str:
         if not self.findings:
@@ -354,6 +356,17 @@ class _Linter:
                                                       f"concat/slice/reduce layers", "shape")
                 stack.extend(i for i in prod.input if i and i not in self.g.init)
 
+    def check_reshape_zero(self, node: onnx.NodeProto) -> None:
+        """A Reshape whose shape is computed at run time with allowzero=0: a runtime 0 would copy the input
+        dimension, so TensorRT cannot prove the dim is not a placeholder and warns (ESRT's segment reshapes
+        did). PyTorch never means "copy" by 0: export with allowzero=1 (lipt-export does)."""
+        if len(node.input) < 2 or self.g.const(node.input[1]) is not None:
+            return
+        if _attr(node, "allowzero", 0) == 0:
+            self.add("warning", _label(node), "shape computed at run time with allowzero=0: TensorRT cannot tell a "
+                                              "runtime 0 from a copy-placeholder and warns; set allowzero=1 "
+                                              "(PyTorch's reshape semantics)", "reshape-zero")
+
     def run(self) -> LintReport:
         self.check_opset()
         self.check_io()
@@ -365,6 +378,8 @@ class _Linter:
             if node.op_type in WEIGHTED_OPS:
                 self.check_weighted_pairs(node)
             self.check_shape_inputs(node)
+            if node.op_type == "Reshape":
+                self.check_reshape_zero(node)
         seen, unique = set(), []
         for f in self.report.findings:  # shape walks can reach one producer from several consumers
             key = (f.severity, f.node, f.reason)
@@ -375,8 +390,11 @@ class _Linter:
         return self.report
 
 
-def lint_onnx(model: str | Path | onnx.ModelProto, data_file: Optional[str | Path] = None) -> LintReport:
-    """Lint one ONNX model (path or ModelProto) against TensorRT 10/11 ONNX parser rules."""
+def lint_onnx(model: str | Path | onnx.ModelProto, data_file: Optional[str | Path] = None,
+              use_parser: bool = True) -> LintReport:
+    """Lint one ONNX model (path or ModelProto) against TensorRT 10/11 ONNX parser rules; with ``use_parser``
+    and TensorRT-RTX installed, TensorRT's own parser runs too and its errors and warnings join the findings
+    (rule ``tensorrt-parser``): the oracle the static rules explain."""
     path = "<model>" if isinstance(model, onnx.ModelProto) else str(model)
     if isinstance(model, onnx.ModelProto):
         proto = model
@@ -384,5 +402,13 @@ def lint_onnx(model: str | Path | onnx.ModelProto, data_file: Optional[str | Pat
         try:
             proto = onnx.load(str(model), load_external_data=False)
         except (DecodeError, OSError, ValueError) as exc:
-            raise ExportError(f"cannot read '{model}' as ONNX ({type(exc).__name__}); pass a .onnx model file") from None
-    return _Linter(proto, load_support_data(str(data_file) if data_file else None), path).run()
+            raise ExportError(f"cannot read '{model}' as ONNX ({type(exc).__name__}); pass a .onnx model "
+                              f"file") from None
+    report = _Linter(proto, load_support_data(str(data_file) if data_file else None), path).run()
+    if use_parser and not isinstance(model, onnx.ModelProto):
+        verdict = parser_findings(Path(model))
+        report.parser = "tensorrt-rtx" if verdict is not None else "not installed"
+        for severity in ("errors", "warnings"):
+            for msg in (verdict or {}).get(severity, []):
+                report.findings.append(Finding(severity[:-1], "<tensorrt parser>", msg, "tensorrt-parser"))
+    return report

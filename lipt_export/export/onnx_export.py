@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from lipt_export.errors import ExportError
+from lipt_export.export.graph import reshape_allowzero
 from lipt_export.runtime.ort import ort_session
 
 INPUT_NAME = "lr"
@@ -50,6 +51,8 @@ def export_onnx(module: nn.Module, path: str | Path, *, opset: int = DEFAULT_OPS
                               dynamic_axes={INPUT_NAME: axes})
             path.write_bytes(buf.getvalue())
     model = onnx.load(str(path))
+    if reshape_allowzero(model):
+        onnx.save(model, str(path))
     check_onnx(model)
     with torch.no_grad():
         out_hw = tuple(module(sample).shape[2:])

@@ -19,18 +19,20 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import onnx
 import torch
 
+from lipt_export.engines.audit import COMPUTE_OPS
 from lipt_export.engines.tensorrt import EngineOptions, build_engines_for_export
 from lipt_export.errors import ExportError
 from lipt_export.export.lint import lint_onnx
 from lipt_export.export.onnx_export import DEFAULT_OPSET, export_onnx, node_count
 from lipt_export.export.precision.calibration.ranges import METHODS as CALIB_METHODS
 from lipt_export.export.precision.fp16 import convert_fp16
-from lipt_export.export.precision.int8 import quantize_int8
+from lipt_export.export.precision.int8 import quantize_int8, quantized_nodes
 from lipt_export.export.simplify import simplify_onnx
 from lipt_export.export.summary import render_report
-from lipt_export.fileio import replace_dir, write_text_atomic
+from lipt_export.fileio import replace_dir, save_atomic, sha256_file, write_text_atomic
 from lipt_export.manifest import ArtifactEntry, Manifest, ModelInfo, embed_onnx_metadata, write_manifest
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.loading import PreparedModel, prepare_model
@@ -39,17 +41,17 @@ from lipt_export.models.reparam import is_deploy, reparameterize_model
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.loader import io_contract_for
 from lipt_export.runtime.ort import OnnxRuntimeRunner
-from lipt_export.runtime.trt import tensorrt_status
+from lipt_export.runtime.trt import tensorrt_rtx_status, tensorrt_status
 from lipt_export.validation.extras import parity_extras_for
 from lipt_export.validation.inputs import natural_inputs
-from lipt_export.validation.parity import Parity, compare, rel_l2
+from lipt_export.validation.parity import FP32_REL_L2_LIMIT, Parity, compare, fp32_parity_ok, rel_l2
 
 logger = logging.getLogger(__name__)
 
-FP32_REL_L2_LIMIT = 1e-4
 DEFAULT_PARITY_SIZES: Tuple[Tuple[int, int], ...] = ((64, 64), (37, 51))
 SIMPLIFIERS = ("auto", "onnxsim", "onnxslim", "none")
-BACKENDS = ("onnxruntime", "tensorrt", "auto")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
+GOLDEN_NAME = "golden.npz"
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,8 @@ class ExportConfig:
     calib_size: int = 64
     calib_method: str = "minmax"
     max_psnr_drop: float = 0.10
-    # engines
-    backend: str = "onnxruntime"  # onnxruntime | tensorrt | auto
+    # engines: auto = TensorRT with a GPU, else TensorRT-RTX ahead of time, else ONNX only
+    backend: str = "auto"
     engine: EngineOptions = field(default_factory=EngineOptions)
     lint: bool = True
 
@@ -94,7 +96,7 @@ class ExportConfig:
         if self.simplify not in SIMPLIFIERS:
             raise ExportError(f"unknown simplifier '{self.simplify}'; choose one of {', '.join(SIMPLIFIERS)}")
         if self.backend not in BACKENDS:
-            raise ExportError(f"unknown backend '{self.backend}'; choose onnxruntime, tensorrt or auto")
+            raise ExportError(f"unknown backend '{self.backend}'; choose one of {', '.join(BACKENDS)}")
         if len(self.parity_sizes) < 2:
             raise ExportError("parity needs at least two --parity-size values (one not a multiple of the window), "
                               "e.g. --parity-size 64x64 --parity-size 37x51")
@@ -132,14 +134,50 @@ class Stages:
 
 # -- stages ----------------------------------------------------------------------------------------------
 
-def resolve_backend(backend: str) -> str:
-    """The engine backend this machine will use: fails at once when TensorRT is asked for and missing."""
+def resolve_backend(backend: str) -> Tuple[str, str]:
+    """(engine backend this machine will use, why). Fails at once when a TensorRT is asked for and missing."""
     if backend == "onnxruntime":
-        return backend
-    ok, why = tensorrt_status()
-    if backend == "tensorrt" and not ok:
-        raise ExportError(why)
-    return "tensorrt" if ok else "onnxruntime"
+        return backend, "--backend onnxruntime: ONNX artifacts only"
+    trt_ok, trt_why = tensorrt_status()
+    rtx_ok, rtx_why = tensorrt_rtx_status()
+    if backend == "tensorrt":
+        if not trt_ok:
+            raise ExportError(trt_why)
+        return backend, "--backend tensorrt: TensorRT with this machine's GPU"
+    if backend == "tensorrt-rtx":
+        if not rtx_ok:
+            raise ExportError(rtx_why)
+        return backend, "--backend tensorrt-rtx: TensorRT-RTX, ahead of time"
+    if trt_ok:
+        return "tensorrt", "auto: TensorRT and a CUDA GPU are available"
+    if rtx_ok:
+        return "tensorrt-rtx", "auto: no datacenter TensorRT with a CUDA GPU here; TensorRT-RTX builds ahead of time"
+    return "onnxruntime", "auto: neither TensorRT with a GPU nor TensorRT-RTX here; ONNX artifacts only"
+
+
+def precision_claims(root: Path, entry: ArtifactEntry) -> Dict[str, Optional[set]]:
+    """What the precision stages recorded about an ONNX artifact, for the engine's precision audit: compute
+    nodes that run in FP32 (fp16: exactly the recorded FP32 islands) and in INT8 (int8: exactly the Q/DQ'd
+    nodes, the recorded float fallbacks excluded). None = no claim."""
+    if entry.precision == "fp16":
+        islands = {i["node"] for i in entry.get("fp16_islands") or [] if i.get("op") in COMPUTE_OPS}
+        return {"fp32": islands, "int8": set()}
+    if entry.precision == "int8":
+        return {"int8": {n.name for n in quantized_nodes(onnx.load(str(root / entry.path)))}, "fp32": None,
+                "fp16": set()}
+    return {"fp16": set(), "int8": set()}
+
+
+def write_golden(tmp_dir: Path, inputs: Sequence[np.ndarray], reference: TorchRunner) -> Dict[str, object]:
+    """golden.npz: the parity inputs and the eager model's outputs, for `lipt-export verify` anywhere later."""
+    arrays = {}
+    for k, x in enumerate(inputs):
+        arrays[f"input_{k}"] = x
+        arrays[f"output_{k}"] = reference.infer(x)
+    path = tmp_dir / GOLDEN_NAME
+    save_atomic(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+    return {"path": GOLDEN_NAME, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+            "sizes": [list(x.shape[2:]) for x in inputs], "reference": "eager deploy graph (float32)"}
 
 
 def reparam_check(train: torch.nn.Module, rgb_range: float, seed: int) -> float:
@@ -220,7 +258,7 @@ def parity_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry], prepared: Prep
         for e, par in zip(entries, results):
             par.extra.update(extras(prepared.deploy, tmp_dir / e.path, inputs))
     fp32 = results[0]
-    if not fp32.finite or fp32.rel_l2 > FP32_REL_L2_LIMIT:
+    if not fp32_parity_ok(fp32.rel_l2, fp32.finite):
         raise ExportError(f"fp32 ONNX does not match the eager model: rel-L2 {fp32.rel_l2:.2e} > "
                           f"{FP32_REL_L2_LIMIT:.0e} (max |err| {fp32.max_abs:.2e}); no artifact written")
     for par in results[1:]:
@@ -243,9 +281,9 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     spec = get_spec(cfg.model)
     if cfg.variant is not None or not cfg.weights:
         resolve_variant(spec, cfg.variant, cfg.scale)  # a bad --variant/--scale fails before any work
-    engine_backend = resolve_backend(cfg.backend)  # fails fast when TensorRT is asked for and missing
-    if engine_backend == "tensorrt":
-        cfg.engine.profile()  # a bad --shapes/--batch fails before any work
+    engine_backend, backend_why = resolve_backend(cfg.backend)  # fails fast when a TensorRT is missing
+    if engine_backend != "onnxruntime":
+        cfg.engine.validate(engine_backend)  # bad --shapes/--batch/--compute-capabilities fail before any work
     stage = Stages()
     with stage("model"):
         prepared, reparam_err = build_deploy_graph(spec, cfg)
@@ -282,11 +320,15 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         if cfg.lint:
             with stage("lint"):
                 entries = lint_stage(tmp_dir, entries)
+        golden = write_golden(tmp_dir, parity_inputs, reference)
         engines: List[ArtifactEntry] = []
-        if engine_backend == "tensorrt":
+        if engine_backend != "onnxruntime":
             with stage("engine"):
-                engines = build_engines_for_export(tmp_dir, entries, manifest, cfg.engine, parity_inputs, reference)
-        manifest = manifest.with_artifacts([*entries, *engines]).with_export(
+                engines = build_engines_for_export(tmp_dir, entries, manifest, cfg.engine, parity_inputs, reference,
+                                                   flavor=engine_backend,
+                                                   claims=lambda e: precision_claims(tmp_dir, e))
+        manifest = replace(manifest.with_artifacts([*entries, *engines]), golden=golden).with_export(
+            engines={"backend": engine_backend, "why": backend_why},
             timings_s={k: round(v, 3) for k, v in stage.timings.items()})
         write_manifest(tmp_dir, manifest)
         write_text_atomic(tmp_dir / "report.md", render_report(manifest))

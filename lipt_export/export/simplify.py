@@ -7,6 +7,7 @@ from typing import Optional
 
 import onnx
 
+from lipt_export.export.graph import reshape_allowzero
 from lipt_export.export.onnx_export import check_onnx
 
 
@@ -54,6 +55,8 @@ def simplify_onnx(src: str | Path, dst: str | Path, tool: str = "auto") -> Simpl
             continue
         chosen, used = candidate, name
         break
-    onnx.save(chosen if chosen is not None else model, str(dst))
+    final = chosen if chosen is not None else model
+    reshape_allowzero(final)  # simplifiers rebuild Reshapes with the default allowzero=0
+    onnx.save(final, str(dst))
     after = len(chosen.graph.node) if chosen is not None else before
     return SimplifyResult(tool=used, nodes_before=before, nodes_after=after, note="; ".join(notes))

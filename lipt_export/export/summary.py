@@ -9,6 +9,7 @@ from lipt_export.manifest import Manifest
 from lipt_export.report import format_table
 
 ARTIFACT_HEADER = ("artifact", "precision", "nodes", "size", "rel-L2", "PSNR dB", "lint")
+ENGINE_HEADER = ("engine", "runtime", "targets", "build s", "compute layers", "fp32 / fp16 / int8", "parity")
 
 
 def _fmt_db(v: Any) -> str:
@@ -18,11 +19,26 @@ def _fmt_db(v: Any) -> str:
 def summary_rows(manifest: Manifest) -> List[List[str]]:
     rows = []
     for a in manifest.artifacts:
-        par = a.get("parity") or {}
+        par = a.get("parity")
+        par = par if isinstance(par, dict) else {}  # an engine built ahead of time: "pending: ..."
         lint = a.get("lint")
         rows.append([a.path, a.precision, str(a.get("nodes", "-")), f"{a.bytes / 1e6:.2f} MB",
                      "-" if not par else f"{par['rel_l2']:.1e}", _fmt_db(par.get("psnr_db")),
                      lint.get("status", "-") if isinstance(lint, dict) else "-"])
+    return rows
+
+
+def engine_rows(manifest: Manifest) -> List[List[str]]:
+    rows = []
+    for e in manifest.select("tensorrt"):
+        audit = e.get("precision_audit") or {}
+        sh = audit.get("shares") or {}
+        par = e.get("parity")
+        parity = par.split(":", 1)[0] if isinstance(par, str) else f"{par.get('psnr_db', 0):.1f} dB"
+        rows.append([e.path, f"{e.get('runtime')} {e.get('tensorrt_version')}",
+                     ",".join(e.get("compute_capabilities") or []), f"{e.get('build_s', 0):.1f}",
+                     str(audit.get("compute_layers", "-")),
+                     " / ".join(f"{100 * sh.get(k, 0):.0f}%" for k in ("fp32", "fp16", "int8")), parity])
     return rows
 
 
@@ -40,12 +56,15 @@ def render_report(manifest: Manifest) -> str:
         lines += [f"Reparameterization (train vs deploy graph, float64): rel-L2 {m['reparam_rel_l2_fp64']:.2e}", ""]
     lines += ["## Artifacts (parity vs eager deploy graph, worst case over inputs)", "",
               format_table(ARTIFACT_HEADER, summary_rows(manifest), markdown=True), ""]
+    if manifest.select("tensorrt"):
+        lines += ["## Engines (precision audit: compute layers by precision)", "",
+                  format_table(ENGINE_HEADER, engine_rows(manifest), markdown=True), ""]
     for a in d["artifacts"]:
         if a.get("parity_vs_train_graph"):
             t = a["parity_vs_train_graph"]
             lines += [f"{a['path']} vs the eager *training* graph (before reparameterization): rel-L2 "
                       f"{t['rel_l2']:.1e}, max |err| {t['max_abs']:.1e}, PSNR {_fmt_db(t['psnr_db'])} dB", ""]
-    sizes = {tuple(map(tuple, a["parity"]["sizes"])) for a in d["artifacts"] if a.get("parity")}
+    sizes = {tuple(map(tuple, a["parity"]["sizes"])) for a in d["artifacts"] if isinstance(a.get("parity"), dict)}
     if sizes:
         lines += [f"Parity input sizes (LR HxW): {', '.join(f'{h}x{w}' for h, w in sorted(sizes)[0])}", ""]
     for a in d["artifacts"]:

@@ -31,7 +31,7 @@ from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.ort import OnnxRuntimeRunner, ort_providers
 from lipt_export.runtime.tiling import TiledRunner, TilingPolicy
-from lipt_export.runtime.trt import load_engine_runner, tensorrt_status
+from lipt_export.runtime.trt import engine_runtime_status, load_engine_runner
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
@@ -72,8 +72,9 @@ def choose_entry(manifest: Manifest, precision: Optional[str], backend: str) -> 
     root = manifest.root
     if backend == "tensorrt" or (backend == "auto" and engines):
         if engines:
-            if backend == "tensorrt" or tensorrt_status()[0]:
-                return engines[0]  # the engine runner explains a missing TensorRT itself
+            runnable = [e for e in engines if engine_runtime_status(e)[0]]
+            if runnable or backend == "tensorrt":
+                return (runnable or engines)[0]  # the engine runner explains what is missing itself
         elif backend == "tensorrt":
             have = sorted(a.path for a in manifest.select("tensorrt"))
             raise ArtifactError(f"{root} has no {precision} TensorRT engine (engines: {', '.join(have) or 'none'}); "

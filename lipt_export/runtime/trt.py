@@ -1,12 +1,20 @@
-"""Running TensorRT engines (import-guarded): whether TensorRT is usable here, and the engine runner.
+"""TensorRT here (import-guarded): which TensorRT this machine has, the one place that picks the module, and
+the engine runner.
 
-TensorRT (>= 10, strongly typed) needs NVIDIA's wheels and a CUDA GPU; neither exists on CPU-only
-machines, so every entry point first asks :func:`tensorrt_status` and fails with one line saying what is
-missing and how to install it. TensorRT itself is imported inside functions only: it is optional.
+Two TensorRTs, both strongly typed (the ONNX carries the precision):
+
+* ``tensorrt`` (datacenter TensorRT 10/11): NVIDIA's wheels and a CUDA GPU; builds for that GPU and runs.
+* ``tensorrt-rtx`` (TensorRT-RTX, from PyPI on Linux x86-64): builds ahead of time for chosen compute
+  capabilities with no GPU at all; running its engines needs a matching GPU.
+
+Every entry point asks :func:`tensorrt_status` / :func:`tensorrt_rtx_status` first and fails with one line
+saying what is missing. TensorRT itself is imported inside functions only: it is optional.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -63,6 +71,40 @@ def tensorrt_status() -> Tuple[bool, str]:
     return True, "ok"
 
 
+def tensorrt_rtx_status() -> Tuple[bool, str]:
+    """(usable for building, reason). TensorRT-RTX builds ahead of time without a GPU."""
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        return False, ("TensorRT-RTX unavailable: the 'tensorrt_rtx' package is not installed; `pip install -c "
+                       "constraints.txt tensorrt-rtx` (Linux x86-64 wheels on PyPI)")
+    try:
+        import tensorrt_rtx  # noqa: F401
+    except Exception as exc:
+        return False, (f"TensorRT-RTX unavailable: 'import tensorrt_rtx' failed ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:120] if str(exc) else ''})")
+    return True, "ok"
+
+
+FLAVORS = ("tensorrt", "tensorrt-rtx")
+_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+
+
+def select_tensorrt(flavor: str):
+    """Import and return the TensorRT module of ``flavor`` and point polygraphy's TensorRT loaders at it.
+    The one place the choice is made: polygraphy binds its TensorRT module when its TensorRT backend is first
+    imported, so one process uses one flavor."""
+    import sys
+
+    from polygraphy import config as polygraphy_config
+
+    want_rtx = flavor == "tensorrt-rtx"
+    if "polygraphy.backend.trt" in sys.modules and polygraphy_config.USE_TENSORRT_RTX != want_rtx:
+        raise EngineError(f"this process already uses {'TensorRT-RTX' if not want_rtx else 'TensorRT'} through "
+                          f"polygraphy; build {flavor} engines in a separate run")
+    polygraphy_config.USE_TENSORRT_RTX = want_rtx
+    os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1" if want_rtx else "0"
+    return importlib.import_module(_MODULES[flavor])
+
+
 def require_tensorrt() -> None:
     ok, why = tensorrt_status()
     if not ok:
@@ -116,18 +158,47 @@ class EngineRunner(Runner):
             self._runner.deactivate()
 
 
+def engine_runtime_status(entry: ArtifactEntry) -> Tuple[bool, str]:
+    """(this machine can run the engine, why not): its TensorRT flavor importable, a CUDA GPU, and for
+    TensorRT-RTX plans a compute capability the plan was built for."""
+    flavor = entry.get("runtime", "tensorrt")
+    if flavor != "tensorrt-rtx":
+        return tensorrt_status()
+    caps = list(entry.get("compute_capabilities") or [])
+    ok, why = tensorrt_rtx_status()
+    if not ok:
+        return False, why
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, f"needs a GPU with compute capability in [{', '.join(caps)}]; this machine has no CUDA GPU"
+    major, minor = torch.cuda.get_device_capability(0)
+    if f"{major}.{minor}" not in caps:
+        return False, f"built for compute capability [{', '.join(caps)}], this GPU is {major}.{minor}"
+    return True, "ok"
+
+
 def load_engine_runner(path: Path, entry: Optional[ArtifactEntry], manifest: Optional[Manifest],
                        name: Optional[str] = None, overlap: Optional[int] = None) -> Runner:
     """A runner for ``model.<precision>.engine`` after checking it against its manifest entry and this
     machine. Inputs outside the engine's profile are tiled (too large) or padded (too small)."""
-    require_tensorrt()
     if entry is None or manifest is None:
+        require_tensorrt()
         raise EngineError(f"{path} has no manifest entry; engines are loaded through their export directory")
+    ok, why = engine_runtime_status(entry)
+    if not ok:
+        raise EngineError(why)
     if manifest.root is not None:
         path = manifest.artifact_path(entry)  # inside the export directory, sha256 as recorded
     elif sha256_file(path) != entry.sha256:
         raise EngineError(f"{path} does not match its manifest entry (sha256 differs); rebuild the engine")
-    check_engine_compat(entry.to_dict(), current_environment())
+    flavor = entry.get("runtime", "tensorrt")
+    trt = select_tensorrt(flavor)
+    if flavor == "tensorrt":
+        check_engine_compat(entry.to_dict(), current_environment())
+    elif entry.get("tensorrt_version") != trt.__version__:
+        raise EngineError(f"{path.name} was built with TensorRT-RTX {entry.get('tensorrt_version')}, this machine has "
+                          f"{trt.__version__}; rebuild it or install that version")
     io = manifest.io
     profile = ProfileSpec.from_dict(entry.get("profile"))
     raw = EngineRunner(path, io.input_name, io.output_name, name or path.name, entry.precision)

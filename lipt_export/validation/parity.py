@@ -7,6 +7,7 @@ the reference's max as peak, which is wrong for images).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,24 @@ import numpy as np
 
 from lipt_export.runtime.base import Runner
 from lipt_export.validation.metrics import psnr
+
+# The gates every artifact must pass against the eager model (export, engines, verify).
+FP32_REL_L2_LIMIT = 1e-4
+# A reduced-precision artifact (or an engine) must stay within 1 dB of its reference PSNR, unless it is
+# already this close to the eager model.
+PSNR_SLACK_DB = 1.0
+PSNR_EXCELLENT_DB = 60.0
+
+
+def fp32_parity_ok(rel: float, finite: bool = True) -> bool:
+    return finite and math.isfinite(rel) and rel <= FP32_REL_L2_LIMIT
+
+
+def psnr_parity_ok(psnr_db: float, reference_psnr_db: float, finite: bool = True) -> bool:
+    """``psnr_db`` against the eager model is as good as the reference's (within PSNR_SLACK_DB) or excellent."""
+    if not finite or math.isnan(psnr_db):
+        return False
+    return psnr_db >= PSNR_EXCELLENT_DB or psnr_db >= reference_psnr_db - PSNR_SLACK_DB
 
 def rel_l2(out: np.ndarray, ref: np.ndarray) -> float:
     ref64, out64 = ref.astype(np.float64), out.astype(np.float64)

@@ -1,0 +1,71 @@
+"""Precision audit of a parsed, strongly typed TensorRT network, and its cross-check against what the precision
+stages recorded (users' first complaint about TensorRT 11: FP16 builds that silently stay FP32).
+
+Compute layers are convolutions, deconvolutions and matrix multiplies. A layer counts as int8 when its data and
+weight inputs both come from dequantize layers reading int8; otherwise it computes in its data input's type.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from lipt_export.errors import EngineError
+
+COMPUTE_TYPES = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY")
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def audit_network(trt, network) -> Dict[str, Any]:
+    """{"compute_layers", "by_precision": {fp32, fp16, int8, ...}, "fp32_layers": [...], "int8_layers": [...]}."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    producer = {layer.get_output(k).name: layer for layer in layers for k in range(layer.num_outputs)}
+    compute = {getattr(trt.LayerType, t) for t in COMPUTE_TYPES}
+    names = {trt.DataType.FLOAT: "fp32", trt.DataType.HALF: "fp16", trt.DataType.BF16: "bf16"}
+
+    def int8_dequantized(tensor) -> bool:
+        src = producer.get(tensor.name) if tensor is not None else None
+        return (src is not None and src.type == trt.LayerType.DEQUANTIZE
+                and src.get_input(0) is not None and src.get_input(0).dtype == trt.DataType.INT8)
+
+    by: Dict[str, List[str]] = {"fp32": [], "fp16": [], "int8": []}
+    for layer in layers:
+        if layer.type not in compute:
+            continue
+        data = layer.get_input(0)
+        weight = layer.get_input(1) if layer.num_inputs > 1 else None
+        if int8_dequantized(data) and int8_dequantized(weight):
+            kind = "int8"
+        else:
+            kind = names.get(data.dtype, str(data.dtype).rsplit(".", 1)[-1].lower())
+        by.setdefault(kind, []).append(layer.name)
+    total = sum(len(v) for v in by.values())
+    return {"compute_layers": total, "by_precision": {k: len(v) for k, v in by.items()},
+            "fp32_layers": sorted(by["fp32"]), "fp16_layers": sorted(by["fp16"]), "int8_layers": sorted(by["int8"])}
+
+
+def audit_summary(audit: Mapping[str, Any], precision: str) -> Dict[str, Any]:
+    """The manifest's ``precision_audit``: counts, shares, and the names of the FP32 compute layers (every
+    compute layer of an fp32 engine is FP32, so those are not listed one by one)."""
+    n = max(1, audit["compute_layers"])
+    return {"compute_layers": audit["compute_layers"], "by_precision": dict(audit["by_precision"]),
+            "shares": {k: round(v / n, 4) for k, v in audit["by_precision"].items()},
+            "fp32_layers": "all" if precision == "fp32" else list(audit["fp32_layers"])}
+
+
+def cross_check(artifact: str, audit: Mapping[str, Any], claims: Mapping[str, Optional[Sequence[str]]]) -> None:
+    """Fail naming the layers where the engine's precision differs from what the export recorded. ``claims``
+    maps "fp32"/"fp16"/"int8" to the compute-node names the export says run in that precision (None: no claim)."""
+    problems = []
+    found = {k: set(audit[f"{k}_layers"]) for k in ("fp32", "fp16", "int8")}
+    for kind, want in claims.items():
+        if want is None:
+            continue
+        have = found[kind]
+        extra, missing = sorted(have - set(want)), sorted(set(want) - have)
+        if extra:
+            problems.append(f"{kind} in the engine but not recorded: {', '.join(extra[:4])}"
+                            + (f" (+{len(extra) - 4})" if len(extra) > 4 else ""))
+        if missing:
+            problems.append(f"recorded {kind} but not in the engine: {', '.join(missing[:4])}"
+                            + (f" (+{len(missing) - 4})" if len(missing) > 4 else ""))
+    if problems:
+        raise EngineError(f"precision audit of {artifact} disagrees with the export: {'; '.join(problems)}")

@@ -1,0 +1,211 @@
+"""Real TensorRT engines on this CPU-only machine: TensorRT-RTX builds ahead of time (no GPU), through the CLI,
+for every model family; the precision audit; TensorRT's parser as the lint's oracle; `verify` and tampering.
+
+Engines cannot run here (no CUDA): their parity is "pending" and `verify` skips them, saying why."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from helpers.precision_nets import synthetic_image_folder
+from lipt_export.cli import main
+from lipt_export.errors import EngineError
+from lipt_export.runtime.trt import select_tensorrt, tensorrt_rtx_status
+
+RTX_OK, RTX_WHY = tensorrt_rtx_status()
+pytestmark = pytest.mark.skipif(not RTX_OK, reason=RTX_WHY)
+
+SMALL = ["--compute-capabilities", "8.9", "--shapes", "16x16:32x32:48x48", "--parity-size", "32x32",
+         "--parity-size", "37x51"]
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _manifest(d: Path):
+    return json.loads((d / "manifest.json").read_text())
+
+
+def _agileir_checkpoint(tmp_path: Path) -> Path:
+    """A small AgileIR (two groups of two blocks) in the official KAIR layout, trained attention."""
+    from lipt_export.models.agileir import AgileIR, AgileIRConfig
+    from lipt_export.models.registry import get_spec
+
+    model = AgileIR(AgileIRConfig(8, (2, 2), 24, (3, 3), (8, 8)), upscale=2)
+    get_spec("agileir").init_for_tests(model, 0)
+    path = tmp_path / "agileir_G.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+FAMILIES = {
+    "lipt": ["--model", "lipt", "--variant", "tiny", "--scale", 2],
+    "smsr": ["--model", "smsr", "--scale", 2],
+    "esrt": ["--model", "esrt", "--scale", 2],
+    "agileir": ["--model", "agileir", "--scale", 2],  # + the small checkpoint below
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_builds_fp32_and_fp16_engines_with_a_clean_parse(family, tmp_path):
+    args = list(FAMILIES[family])
+    if family == "agileir":
+        args += ["--weights", _agileir_checkpoint(tmp_path)]
+    res = _cli(*args, "--fp16", "--backend", "tensorrt-rtx", "--out", tmp_path / "out", *SMALL)
+    assert res.exit_code == 0, res.output
+    (d,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    man = _manifest(d)
+    engines = {a["precision"]: a for a in man["artifacts"] if a["format"] == "tensorrt"}
+    onnx_entries = {a["precision"]: a for a in man["artifacts"] if a["format"] == "onnx"}
+    assert set(engines) == {"fp32", "fp16"}
+    for precision, e in engines.items():
+        assert e["path"] == f"model.{precision}.engine" and (d / e["path"]).stat().st_size == e["bytes"] > 0
+        assert e["parser"] == {"errors": [], "warnings": []} and e["build_warnings"] == [], (family, e["parser"])
+        assert e["runtime"] == "tensorrt-rtx" and e["compute_capabilities"] == ["8.9"]
+        assert e["source_onnx_sha256"] == onnx_entries[precision]["sha256"]
+        assert e["parity"].startswith("pending: needs a GPU with compute capability in [8.9]")
+        # the lint ran TensorRT's parser too, and it agrees: nothing to report
+        assert onnx_entries[precision]["lint"]["status"] == "clean", onnx_entries[precision]["lint"]["findings"]
+        assert "TensorRT parser: tensorrt-rtx" in onnx_entries[precision]["lint"]["checked"]
+    audit32, audit16 = engines["fp32"]["precision_audit"], engines["fp16"]["precision_audit"]
+    assert audit32["by_precision"]["fp32"] == audit32["compute_layers"] > 0
+    islands = [i["node"] for i in onnx_entries["fp16"]["fp16_islands"]]
+    assert audit16["shares"]["fp16"] >= 0.8 and set(audit16["fp32_layers"]) <= set(islands)
+    print(f"\n{family}: " + ", ".join(f"{e['path']} {e['bytes'] / 1e6:.1f} MB {e['build_s']:.1f} s "
+                                      f"{e['precision_audit']['shares']}" for e in engines.values()))
+
+
+@pytest.fixture(scope="module")
+def lipt_precisions(tmp_path_factory):
+    """The issue's command: LIPT-tiny x2 with fp16 and int8, TensorRT-RTX engines for the default targets."""
+    tmp = tmp_path_factory.mktemp("rtx")
+    calib = synthetic_image_folder(tmp / "calib", count=5, size=96)
+    res = _cli("--model", "lipt", "--variant", "tiny", "--scale", 2, "--fp16", "--int8", "--calib", calib,
+               "--calib-count", 8, "--calib-size", 32, "--backend", "tensorrt-rtx", "--shapes", "16x16:32x32:64x64",
+               "--out", tmp / "out")
+    assert res.exit_code == 0, res.output
+    return tmp / "out" / "lipt-tiny-x2", res.output
+
+
+def test_three_engines_with_their_audit(lipt_precisions):
+    d, output = lipt_precisions
+    man = _manifest(d)
+    engines = {a["precision"]: a for a in man["artifacts"] if a["format"] == "tensorrt"}
+    assert sorted(engines) == ["fp16", "fp32", "int8"]
+    for e in engines.values():
+        assert e["compute_capabilities"] == ["8.6", "8.9", "12.0"] and e["tensorrt_version"]
+        assert e["profile"]["max"] == [1, 3, 64, 64] and e["builder"]["strongly_typed"] and e["build_s"] > 0
+    assert engines["fp16"]["precision_audit"]["shares"]["fp16"] >= 0.8
+    assert engines["int8"]["precision_audit"]["shares"]["int8"] >= 0.5
+    assert man["golden"]["path"] == "golden.npz" and (d / "golden.npz").is_file()
+    assert man["export"]["engines"]["backend"] == "tensorrt-rtx"
+    assert "model.int8.engine" in output and "lipt-export verify" in output
+
+
+def test_verify_passes_then_fails_on_tampering(lipt_precisions, tmp_path):
+    import shutil
+
+    d, _ = lipt_precisions
+    res = _cli("verify", d, "--json", tmp_path / "v.json")
+    assert res.exit_code == 0, res.output
+    rows = {r["artifact"]: r for r in json.loads((tmp_path / "v.json").read_text())["rows"]}
+    assert all(rows[f"model{s}.onnx"]["status"] == "pass" for s in ("", ".fp16", ".int8"))
+    assert all(r["status"] == "skipped" and "compute capability" in r["why"] for k, r in rows.items()
+               if k.endswith(".engine"))
+    assert _cli("verify", d, "--require-all").exit_code == 1  # engines cannot run here
+    for victim in ("model.onnx", "model.int8.engine"):
+        copy = tmp_path / victim.replace(".", "_")
+        shutil.copytree(d, copy)
+        data = bytearray((copy / victim).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / victim).write_bytes(bytes(data))
+        res = _cli("verify", copy)
+        assert res.exit_code == 1 and "sha256 differs" in res.output, res.output
+    copy = tmp_path / "golden"
+    shutil.copytree(d, copy)
+    data = bytearray((copy / "golden.npz").read_bytes())
+    data[-100] ^= 0x01
+    (copy / "golden.npz").write_bytes(bytes(data))
+    res = _cli("verify", copy)
+    assert res.exit_code == 2 and res.stderr.strip().startswith("lipt-export: error:") and "golden.npz" in res.stderr
+
+
+def test_verify_fails_an_artifact_that_computes_something_else(lipt_precisions, tmp_path):
+    """A different but well-formed model.onnx whose manifest entry was updated to match: only the golden
+    outputs can catch it."""
+    import shutil
+
+    from lipt_export import manifest as mf
+
+    d, _ = lipt_precisions
+    copy = tmp_path / "swapped"
+    shutil.copytree(d, copy)
+    model = onnx.load(str(copy / "model.onnx"))
+    init = next(i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 4)
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr += 0.05
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(model, str(copy / "model.onnx"))
+    man = mf.read_manifest(copy)
+    entries = [mf.ArtifactEntry.for_file(copy / a.path, copy, fmt=a.format, precision=a.precision, **a.details)
+               if a.path == "model.onnx" else a for a in man.artifacts]
+    mf.write_manifest(copy, mf.Manifest(man.model, man.io, man.export, entries, man.created, golden=man.golden))
+    res = _cli("verify", copy)
+    assert res.exit_code == 1 and "fp32 rel-L2 <= 1e-4" in res.output, res.output
+
+
+def test_precision_audit_disagreement_fails_with_the_names(lipt_precisions):
+    from lipt_export.engines.audit import audit_network, cross_check
+    from lipt_export.engines.tensorrt import parse_onnx
+
+    d, _ = lipt_precisions
+    trt = select_tensorrt("tensorrt-rtx")
+    audit = audit_network(trt, parse_onnx(trt, d / "model.fp16.onnx", strongly_typed_flag=False).network)
+    cross_check("model.fp16.onnx", audit, {"fp32": set(), "int8": set()})  # what the export recorded: passes
+    with pytest.raises(EngineError, match="recorded fp32 but not in the engine: /model/head/head.0/Conv"):
+        cross_check("model.fp16.onnx", audit, {"fp32": {"/model/head/head.0/Conv"}, "int8": set()})
+    audit8 = audit_network(trt, parse_onnx(trt, d / "model.int8.onnx", strongly_typed_flag=False).network)
+    with pytest.raises(EngineError, match="int8 in the engine but not recorded"):
+        cross_check("model.int8.onnx", audit8, {"int8": set(audit8["int8_layers"][1:]), "fp32": None})
+
+
+def test_lint_merges_the_parser_and_flags_runtime_reshape_zero(tmp_path):
+    from lipt_export.export.graph import reshape_allowzero
+    from lipt_export.export.lint import lint_onnx
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "r.onnx"
+    onnx.save(model, str(path))
+    report = lint_onnx(path)
+    assert any(f.rule == "reshape-zero" for f in report.warnings)
+    assert reshape_allowzero(model) == 1
+    onnx.save(model, str(path))
+    assert not [f for f in lint_onnx(path).findings if f.rule == "reshape-zero"]
+    # an op TensorRT's parser has no importer for: the parser's own error joins the static one
+    bad = helper.make_node("Col2Im", ["x", "a", "b"], ["z"], name="fold")
+    graph = helper.make_graph([bad], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 4])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(__import__("numpy").array([2, 2]), n) for n in "ab"])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "c.onnx"))
+    report = lint_onnx(tmp_path / "c.onnx")
+    assert any(f.rule == "tensorrt-parser" and f.severity == "error" for f in report.findings), report.findings
+
+
+def test_auto_backend_picks_tensorrt_rtx_and_says_why(tmp_path):
+    res = _cli("--model", "lipt", "--variant", "tiny", "--scale", 2, "--no-lint", "--out", tmp_path, *SMALL)
+    assert res.exit_code == 0, res.output
+    assert "engines: tensorrt-rtx (auto: no datacenter TensorRT with a CUDA GPU here" in res.output
+    res = _cli("--model", "lipt", "--variant", "tiny", "--scale", 2, "--backend", "tensorrt-rtx",
+               "--compute-capabilities", "9.0", "--out", tmp_path / "x")
+    assert res.exit_code == 2 and "cannot target compute capability 9.0" in res.stderr
