@@ -1,0 +1,1 @@
+"""Numbers about artifacts: parity against the eager model, SR metrics, datasets, evaluation, timing, verify."""
