@@ -17,7 +17,7 @@ setup: $(STAMP)
 
 ## LIPT-small x4, FP32 + FP16 ONNX, simplified, validated on ONNX Runtime (CPU).
 export: $(STAMP)
-	$(BIN)/lipt-export --model lipt --variant small --scale 4 --fp16 --out $(OUT)
+	$(BIN)/lipt-export --model lipt --variant small --scale 4 --fp16 --out $(OUT) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

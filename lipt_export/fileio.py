@@ -1,14 +1,16 @@
 """Atomic writes and content hashes: a file or folder appears complete under its final name, or not at all."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Optional
 
 
 def sha256_file(path: str | Path) -> str:
@@ -77,3 +79,55 @@ def replace_dir(src: Path, dst: Path) -> None:
     src.rename(dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def exclusive_lock(path: Path, busy: Callable[[Path, int], Exception]) -> Iterator[None]:
+    """Hold ``path`` (a lock file holding our PID) for the block. A lock whose process is gone (a killed run) is
+    taken over; one held by a live process raises ``busy(path, pid)``."""
+    for _ in range(2):
+        try:
+            fd = os.open(str(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid):
+                raise busy(path, pid) from None
+            path.unlink(missing_ok=True)  # stale: its export was killed
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+        return
+    raise busy(path, 0)
+
+
+def writable_dir_problem(folder: Path) -> Optional[str]:
+    """Why files cannot be created in ``folder`` (or in the nearest existing parent it would be created in),
+    or None."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable ({os.strerror(errno.EACCES)})"
+    return None

@@ -176,7 +176,7 @@ def test_failed_parity_leaves_nothing(tmp_path, monkeypatch):
     from lipt_export.validation import parity as gates
 
     monkeypatch.setattr(gates, "FP32_REL_L2_LIMIT", 0.0)  # nothing can pass an exact-zero limit
-    res = _invoke([*ARGS, "--out", str(out), "--seed", "1"])
+    res = _invoke([*ARGS, "--out", str(out), "--seed", "1", "--overwrite"])
     assert res.exit_code != 0 and "does not match the eager model" in res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["lipt-tiny-x2"]
     assert mf.sha256_file(out / "lipt-tiny-x2" / "manifest.json") == before

@@ -75,7 +75,13 @@ class DefaultGroup(click.Group):
     default_command = "export"
 
     def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.list_commands(ctx) and args[0] not in ("--help", "-h", "--version")):
+        if not args:  # a bare `lipt-export` shows what it does instead of exporting into ./exports
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        if args[0] not in self.list_commands(ctx) and args[0] not in ("--help", "-h", "--version"):
+            if not args[0].startswith("-"):  # a mistyped command must not fall through to an export
+                fail(f"unknown command '{args[0]}'; commands: {', '.join(self.list_commands(ctx))} (an export takes "
+                     f"options only: lipt-export --model lipt ...)")
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 

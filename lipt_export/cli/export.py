@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lipt_export.cli.options import arch_options, parse_size
+from lipt_export.cli.options import arch_options, check_output_file, parse_size
 from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, EngineOptions, parse_capabilities
 from lipt_export.export.pipeline import BACKENDS, DEFAULT_PARITY_SIZES, ExportConfig, ExportResult, run_export
 from lipt_export.export.summary import ARTIFACT_HEADER, ENGINE_HEADER, engine_rows, summary_rows
@@ -44,6 +44,8 @@ class _ExportCommand(click.Command):
                    "zero (trained with the public code), else the paper's attention.")
 @click.option("--out", "-o", default="exports", show_default=True, help="Output root; artifacts go to OUT/<model>-<variant>-x<scale>/.")
 @click.option("--name", default=None, help="Output folder name instead of <model>-<variant>-x<scale>.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export folder of the same name (atomically: "
+              "the old one stays until the new one is complete). Without it an existing folder is an error.")
 @click.option("--opset", default=17, show_default=True, type=int)
 @click.option("--dynamo/--torchscript", default=False, show_default=True, help="ONNX exporter.")
 @click.option("--simplify", "simplifier", default="auto", show_default=True,
@@ -80,14 +82,14 @@ class _ExportCommand(click.Command):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--no-lint", is_flag=True, help="Skip the TensorRT-compatibility lint.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Also write the summary JSON here.")
-def command(model, variant, scale, weights, config_file, agileir_attention, out, name, opset, dynamo, simplifier,
+def command(model, variant, scale, weights, config_file, agileir_attention, out, name, overwrite, opset, dynamo, simplifier,
             no_simplify, fp16, fp16_io, int8, calib, calib_lr, calib_count, calib_size, calib_method, max_psnr_drop,
             backend, compute_capabilities, shapes, batch, workspace, builder_opt_level, timing_cache, parity_sizes,
             parity_images, seed, no_lint, json_path):
     """Export a model: reparameterize, ONNX, simplify, precision variants, engines, validate, manifest."""
     sizes = [parse_size(s) for s in parity_sizes] or list(DEFAULT_PARITY_SIZES)
     cfg = ExportConfig(model=model, variant=variant, scale=scale, weights=weights, config=config_file,
-                       arch_options=arch_options(model, agileir_attention), out=out, name=name,
+                       arch_options=arch_options(model, agileir_attention), out=out, name=name, overwrite=overwrite,
                        opset=opset, dynamo=dynamo, simplify="none" if no_simplify else simplifier,
                        parity_sizes=sizes, parity_images=parity_images, seed=seed, fp16=fp16, fp16_io=fp16_io,
                        int8=int8, calib=calib, calib_lr=calib_lr, calib_count=calib_count, calib_size=calib_size,
@@ -95,6 +97,8 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
                        engine=EngineOptions(shapes=shapes, batch=batch, workspace_gib=workspace,
                                             builder_opt_level=builder_opt_level, timing_cache=timing_cache,
                                             compute_capabilities=parse_capabilities(compute_capabilities)))
+    if json_path:
+        check_output_file(json_path, "--json")  # before minutes of work, not after
     result = run_export(cfg)
     print_summary(result)
     if json_path:

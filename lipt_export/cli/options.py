@@ -1,11 +1,13 @@
 """Small parsers shared by the commands."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import click
 
 from lipt_export.errors import UsageError
+from lipt_export.fileio import writable_dir_problem
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -34,3 +36,13 @@ def arch_options(model: str, agileir_attention: str) -> Dict[str, str]:
     if model.lower() != "agileir":
         raise UsageError(f"--agileir-attention is for --model agileir, not {model}")
     return {"attention": agileir_attention}
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """A file the command will write at the end: its folder must exist (or be creatable) and be writable."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; pass a file name")
+    problem = writable_dir_problem(target.parent if str(target.parent) else Path("."))
+    if problem:
+        raise UsageError(f"cannot write {flag} {path}: {problem}")

@@ -32,8 +32,11 @@ from lipt_export.export.precision.fp16 import convert_fp16
 from lipt_export.export.precision.int8 import quantize_int8, quantized_nodes
 from lipt_export.export.simplify import simplify_onnx
 from lipt_export.export.summary import render_report
-from lipt_export.fileio import replace_dir, save_atomic, sha256_file, write_text_atomic
+from lipt_export.fileio import (exclusive_lock, replace_dir, save_atomic, sha256_file, writable_dir_problem,
+                                write_text_atomic)
+from lipt_export.images import IMAGE_SUFFIXES, image_size, list_images
 from lipt_export.manifest import ArtifactEntry, Manifest, ModelInfo, embed_onnx_metadata, write_manifest
+from lipt_export.models.checkpoint import check_checkpoint_file
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.loading import PreparedModel, prepare_model
 from lipt_export.models.registry import ModelSpec, get_spec, resolve_variant
@@ -86,6 +89,7 @@ class ExportConfig:
     backend: str = "auto"
     engine: EngineOptions = field(default_factory=EngineOptions)
     lint: bool = True
+    overwrite: bool = False  # replace an existing export folder (atomically, the old one kept until then)
 
     def __post_init__(self):
         if self.fp16_io and not self.fp16:  # an FP16-I/O model is an FP16 model
@@ -107,6 +111,24 @@ class ExportConfig:
                               f"{', '.join(CALIB_METHODS)}")
         if self.calib_count < 1 or self.calib_size < 8:
             raise ExportError("--calib-count must be >= 1 and --calib-size >= 8")
+        if self.name is not None and (not self.name or self.name in (".", "..") or self.name.startswith(".")
+                                      or "/" in self.name or "\\" in self.name):
+            raise ExportError(f"--name '{self.name}' must be a plain folder name (no '/', not starting with '.')")
+        problem = writable_dir_problem(Path(self.out))
+        if problem:
+            raise ExportError(f"cannot write exports to --out {self.out}: {problem}; pass a writable folder")
+        if self.weights is not None:
+            check_checkpoint_file(self.weights)
+        for flag, folder in (("--calib", self.calib if self.int8 else None), ("--parity-images", self.parity_images)):
+            if folder is None:
+                continue
+            if not Path(folder).is_dir():
+                raise ExportError(f"{flag} {folder} is not a folder; pass a folder of images")
+            found = list_images(folder)
+            if not found:
+                raise ExportError(f"{flag} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some")
+            for image in found:
+                image_size(image)  # unreadable or truncated: one line naming it, before any model work
 
 
 @dataclass
@@ -284,14 +306,40 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     engine_backend, backend_why = resolve_backend(cfg.backend)  # fails fast when a TensorRT is missing
     if engine_backend != "onnxruntime":
         cfg.engine.validate(engine_backend)  # bad --shapes/--batch/--compute-capabilities fail before any work
+    out_root = Path(cfg.out)
+    if cfg.name or not cfg.weights:  # the folder name is known before the checkpoint is read
+        check_target(out_root / (cfg.name or f"{spec.name}-{resolve_variant(spec, cfg.variant, cfg.scale)}"
+                                               f"-x{cfg.scale}"), cfg.overwrite)
     stage = Stages()
     with stage("model"):
         prepared, reparam_err = build_deploy_graph(spec, cfg)
     arch = prepared.arch
     name = cfg.name or f"{spec.name}-{arch.variant}-x{cfg.scale}"
-    out_root = Path(cfg.out)
     final_dir = out_root / name
+    check_target(final_dir, cfg.overwrite)
     out_root.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(out_root / f".{name}.lock", _busy):
+        check_target(final_dir, cfg.overwrite)  # another export may have finished while we built the model
+        return _export_into(cfg, spec, prepared, reparam_err, stage, final_dir, engine_backend, backend_why)
+
+
+def check_target(final_dir: Path, overwrite: bool) -> None:
+    if final_dir.exists() and not overwrite:
+        raise ExportError(f"{final_dir} already exists; pass --overwrite to replace it (the old export stays until "
+                          f"the new one is complete) or choose another --name/--out")
+    if final_dir.exists() and not final_dir.is_dir():
+        raise ExportError(f"{final_dir} exists and is not a folder; remove it or choose another --name/--out")
+
+
+def _busy(lock: Path, pid: int) -> ExportError:
+    return ExportError(f"another export into {lock.parent / lock.name[1:-5]} is running (process {pid}, lock {lock}); "
+                       f"wait for it or export under another --name")
+
+
+def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, reparam_err: Optional[float],
+                 stage: Stages, final_dir: Path, engine_backend: str, backend_why: str) -> ExportResult:
+    """Every stage after the model, into a temp folder that replaces ``final_dir`` when complete."""
+    arch, name, out_root = prepared.arch, final_dir.name, final_dir.parent
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(out_root)))
     try:
         wrapped = UnitRangeIO(prepared.deploy, spec.rgb_range).eval()

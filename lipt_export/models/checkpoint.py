@@ -19,33 +19,74 @@ from lipt_export.models.reparam import reparameterize_model
 _WRAPPER_KEYS = ("model_state_dict", "state_dict", "params_ema", "params", "model", "net", "netG")
 
 
-def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
+def _short(text: str, limit: int = 160) -> str:
+    """The first line of an exception message, shortened at a word boundary with an ellipsis (never cut
+    mid-word silently)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+def _sniff(path: Path) -> str:
+    """What the file looks like: 'empty', 'zip' (torch), 'pickle' (legacy torch), 'safetensors', 'text', 'other'."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty"
+    if head[:2] == b"PK":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) >= 9 and head[8:9] == b"{":  # 8-byte little-endian header size, then the JSON header
+        return "safetensors"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return "text"
+    return "other"
+
+
+def check_checkpoint_file(path: str | Path) -> Path:
+    """The cheap checks (before any model work): the path is an existing file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"--weights {path} is a folder; pass the checkpoint file (.pt/.pth/.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (pass an existing file with --weights)")
+    return path
+
+
+def read_state_dict(path: str | Path) -> Dict[str, torch.Tensor]:
+    """The checkpoint's tensors (weights only: pickles are never executed), refused in one line when the file
+    is not a checkpoint, is truncated or corrupt, or holds NaN/Inf values."""
+    path = check_checkpoint_file(path)
+    kind = _sniff(path)
+    if kind in ("empty", "text", "other"):
+        what = {"empty": "an empty file", "text": "a text file",
+                "other": "not a torch (.pt/.pth) or .safetensors file"}[kind]
+        raise CheckpointError(f"cannot read checkpoint {path}: it is {what}; pass the .pt/.pth/.safetensors the "
+                              f"training code saved")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" or kind == "safetensors":
             from safetensors.torch import load_file
 
             obj = load_file(str(path), device="cpu")
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-        if magic != b"PK" and magic[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
-            raise CheckpointError(f"cannot read checkpoint {path}: not a torch (.pt/.pth) or .safetensors "
-                                  f"file") from None
         text = str(exc)
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()[0] if \
-            "WeightsUnpickler error:" in text else text.strip().splitlines()[0]
+        detail = text.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in text else text
         raise CheckpointError(
-            f"{path} is not a weights-only checkpoint ({detail[:160]}); re-save it as a plain state_dict "
+            f"{path} is not a weights-only checkpoint ({_short(detail)}); re-save it as a plain state_dict "
             f"(torch.save(model.state_dict(), ...)) or as .safetensors") from None
-    except Exception as exc:  # corrupt zip, truncated file, not a torch file at all
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''}") from None
-    return normalize_state_dict(obj, str(path))
+    except Exception as exc:  # truncated or corrupt archive
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupt ({type(exc).__name__}: "
+                              f"{_short(str(exc), 100)}); copy it again or use another checkpoint") from None
+    sd = normalize_state_dict(obj, str(path))
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        count = sum(int((~torch.isfinite(sd[k])).sum()) for k in bad)
+        raise CheckpointError(f"checkpoint {path} holds {count} NaN/Inf values in {len(bad)} tensor(s) "
+                              f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): training diverged or the file "
+                              f"is corrupt; use an earlier checkpoint")
+    return sd
 
 
 def normalize_state_dict(obj, origin: str = "checkpoint") -> Dict[str, torch.Tensor]:
