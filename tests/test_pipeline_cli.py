@@ -199,3 +199,21 @@ def test_bench_command_times_every_artifact(exported, tmp_path):
     data = json.loads(js.read_text())
     assert data["size"] == [32, 40] and [Path(r["artifact"]).name for r in data["results"]] == ["model.onnx"]
     assert all(r["median_ms"] > 0 for r in data["results"]) and "median ms" in res.output
+
+
+def test_cli_defaults_and_catalog_match_the_library():
+    """The command line checks names and shows defaults without importing the library: keep them equal."""
+    from lipt_export import catalog
+    from lipt_export.cli import export as cli_export
+    from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, EngineOptions
+    from lipt_export.models.registry import available_models
+
+    assert {n: (s.variants, s.scales, s.default_variant) for n, s in available_models().items()} == \
+        {n: tuple(f) for n, f in catalog.FAMILIES.items()}
+    assert set(cli_export.BACKENDS) == set(pipeline.BACKENDS)
+    assert cli_export.DEFAULT_COMPUTE_CAPABILITIES == DEFAULT_COMPUTE_CAPABILITIES
+    e = EngineOptions()
+    assert (cli_export.DEFAULT_SHAPES, cli_export.DEFAULT_BATCH, cli_export.DEFAULT_WORKSPACE_GIB,
+            cli_export.DEFAULT_OPT_LEVEL) == (e.shapes, e.batch, e.workspace_gib, e.builder_opt_level)
+    assert cli_export.DEFAULT_PARITY_SIZES == pipeline.DEFAULT_PARITY_SIZES
+    assert pipeline.ExportConfig().backend == "auto"

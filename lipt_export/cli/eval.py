@@ -25,7 +25,8 @@ from lipt_export.validation.evaluate import format_results, run_eval
               help="Export directory, manifest.json or .onnx (repeatable); a directory expands to all its ONNX files.")
 @click.option("--no-eager", is_flag=True, help="Skip the eager PyTorch reference.")
 @click.option("--tile", default=None, type=int,
-              help="LR tile size (0 = whole images). Default: tiled only when the model requires it (ESRT).")
+              help="LR tile size (0 = whole images). Default: the model's recommended tile when it requires tiling "
+                   "(ESRT), else 512 (bounded memory; smaller images run whole). Eager and artifacts tile alike.")
 @click.option("--parity-extras", is_flag=True,
               help="Also compute model-specific parity figures on the dataset (SMSR: spatial-mask flips).")
 @click.option("--limit", default=None, type=int, help="Only the first N images (sorted by name).")

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import click
 
+from lipt_export.catalog import FAMILIES, check_choice
 from lipt_export.cli.options import arch_options, check_output_file, parse_size
-from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, EngineOptions, parse_capabilities
-from lipt_export.export.pipeline import BACKENDS, DEFAULT_PARITY_SIZES, ExportConfig, ExportResult, run_export
-from lipt_export.export.summary import ARTIFACT_HEADER, ENGINE_HEADER, engine_rows, summary_rows
 from lipt_export.fileio import write_json_atomic
-from lipt_export.models.registry import available_models
 from lipt_export.report import format_table
+
+# Defaults shown in --help, kept equal to the library's by tests/test_pipeline_cli.py (the library is imported
+# only when an export runs: checking the command line must not wait for torch).
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
+DEFAULT_COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")
+DEFAULT_SHAPES, DEFAULT_BATCH, DEFAULT_WORKSPACE_GIB, DEFAULT_OPT_LEVEL = "32x32:256x256:512x512", "1:1:1", 4.0, 3
+DEFAULT_PARITY_SIZES = ((64, 64), (37, 51))
 
 
 def _models_epilog() -> str:
     lines = ["Models (variants; scales):"]
-    for name, spec in sorted(available_models().items()):
-        lines.append(f"  {name:8s} {', '.join(spec.variants)}; x{', x'.join(map(str, spec.scales))}"
-                     f"  (default variant {spec.default_variant})")
+    for name, fam in sorted(FAMILIES.items()):
+        lines.append(f"  {name:8s} {', '.join(fam.variants)}; x{', x'.join(map(str, fam.scales))}"
+                     f"  (default variant {fam.default_variant})")
     return "\n".join(lines)
 
 
@@ -62,18 +66,18 @@ class _ExportCommand(click.Command):
               type=click.Choice(["minmax", "entropy", "percentile"]))
 @click.option("--max-psnr-drop", default=0.10, show_default=True, type=float,
               help="INT8 budget: PSNR-Y drop vs FP32 (dB) on held-out images before nodes fall back to float.")
-@click.option("--backend", default=ExportConfig.backend, show_default=True, type=click.Choice(list(BACKENDS)),
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(list(BACKENDS)),
               help="Engines: tensorrt = TensorRT for this machine's GPU; tensorrt-rtx = TensorRT-RTX ahead of time "
                    "for --compute-capabilities (no GPU needed); auto = TensorRT with a GPU, else TensorRT-RTX when "
                    "installed, else ONNX only; onnxruntime = ONNX only.")
 @click.option("--compute-capabilities", default=",".join(DEFAULT_COMPUTE_CAPABILITIES), show_default=True,
               help="TensorRT-RTX targets (RTX 30xx 8.6, RTX 40xx 8.9, RTX 50xx 12.0; also 7.5, 8.0, 12.1).")
-@click.option("--shapes", default=EngineOptions.shapes, show_default=True,
+@click.option("--shapes", default=DEFAULT_SHAPES, show_default=True,
               help="TensorRT profile MINxMIN:OPTxOPT:MAXxMAX (LR H x W).")
-@click.option("--batch", default=EngineOptions.batch, show_default=True, help="TensorRT batch range MIN:OPT:MAX.")
-@click.option("--workspace", default=EngineOptions.workspace_gib, show_default=True, type=float,
+@click.option("--batch", default=DEFAULT_BATCH, show_default=True, help="TensorRT batch range MIN:OPT:MAX.")
+@click.option("--workspace", default=DEFAULT_WORKSPACE_GIB, show_default=True, type=float,
               help="TensorRT workspace (GiB).")
-@click.option("--builder-opt-level", default=EngineOptions.builder_opt_level, show_default=True, type=int)
+@click.option("--builder-opt-level", default=DEFAULT_OPT_LEVEL, show_default=True, type=int)
 @click.option("--timing-cache", default=None, type=click.Path(), help="TensorRT timing cache file (reused).")
 @click.option("--parity-size", "parity_sizes", multiple=True, help="Parity input size HxW (repeatable; "
               "default 64x64 and 37x51).")
@@ -87,6 +91,13 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
             backend, compute_capabilities, shapes, batch, workspace, builder_opt_level, timing_cache, parity_sizes,
             parity_images, seed, no_lint, json_path):
     """Export a model: reparameterize, ONNX, simplify, precision variants, engines, validate, manifest."""
+    check_choice(model, variant, scale)  # seconds before torch is imported
+    if json_path:
+        check_output_file(json_path, "--json")  # before minutes of work, not after
+    # deferred: torch and the whole pipeline load only once the cheap checks passed
+    from lipt_export.engines.tensorrt import EngineOptions, parse_capabilities
+    from lipt_export.export.pipeline import ExportConfig, run_export
+
     sizes = [parse_size(s) for s in parity_sizes] or list(DEFAULT_PARITY_SIZES)
     cfg = ExportConfig(model=model, variant=variant, scale=scale, weights=weights, config=config_file,
                        arch_options=arch_options(model, agileir_attention), out=out, name=name, overwrite=overwrite,
@@ -97,15 +108,15 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
                        engine=EngineOptions(shapes=shapes, batch=batch, workspace_gib=workspace,
                                             builder_opt_level=builder_opt_level, timing_cache=timing_cache,
                                             compute_capabilities=parse_capabilities(compute_capabilities)))
-    if json_path:
-        check_output_file(json_path, "--json")  # before minutes of work, not after
     result = run_export(cfg)
     print_summary(result)
     if json_path:
         write_json_atomic(json_path, result.manifest.to_dict())
 
 
-def print_summary(result: ExportResult) -> None:
+def print_summary(result) -> None:
+    from lipt_export.export.summary import ARTIFACT_HEADER, ENGINE_HEADER, engine_rows, summary_rows  # deferred: as above
+
     man = result.manifest
     click.echo("")
     click.echo(f"Exported {man.model.name}-{man.model.variant} x{man.model.scale} -> {result.out_dir}")

@@ -5,15 +5,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import List
-
 import click
 from tqdm import tqdm
 
 from lipt_export.errors import LiptExportError, UpscaleError
 from lipt_export.runtime.loader import open_artifact, runner_for
-from lipt_export.runtime.tiling import TiledRunner
-from lipt_export.runtime.upscale import DEFAULT_TILE, plan_outputs, upscale_file
+from lipt_export.runtime.tiling import DEFAULT_TILE, TiledRunner
+from lipt_export.runtime.upscale import plan_outputs, remove_stale_temps, upscale_file
 
 
 @click.command("upscale")
@@ -25,18 +23,20 @@ from lipt_export.runtime.upscale import DEFAULT_TILE, plan_outputs, upscale_file
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
               help="auto = the TensorRT engine when the export has one and TensorRT works, else ONNX Runtime.")
 @click.option("--tile", default=None, type=int, help="LR tile size in pixels; 0 = whole image (default: the "
-              "manifest's recommended tile when the model requires tiling, else 512; smaller images run whole).")
+              f"manifest's recommended tile when the model requires tiling, else {DEFAULT_TILE}; smaller images run "
+              "whole). Memory is bounded by the tile rows x the image width (PNG/.npy outputs are streamed).")
 @click.option("--overlap", default=None, type=int, help="LR pixels shared by neighbouring tiles (default: the "
               "manifest's, at least 8 windows for windowed models, e.g. 64 for LIPT).")
 @click.option("--alpha", "alpha_mode", default="bicubic", show_default=True, type=click.Choice(["bicubic", "model"]),
               help="How the alpha channel is upscaled.")
 @click.option("--format", "fmt", default=None, help="Output format for folders (png, jpg, webp, tif, npy).")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime threads (default: all cores, at most 8).")
+@click.option("--skip-existing", is_flag=True, help="Leave outputs that already exist alone (resume a large folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, threads, quiet):
+def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, threads,
+            skip_existing, quiet):
     """Upscale INPUT (an image or a folder of images) with ARTIFACT (export dir, .onnx or .engine) into OUTPUT."""
-    warnings: List[str] = []
-    pairs = plan_outputs(Path(input_path), Path(output_path), fmt)
+    pairs, warnings = plan_outputs(Path(input_path), Path(output_path), fmt)
     art = open_artifact(artifact, precision=precision, backend=backend)
     # bounded memory by default: images up to DEFAULT_TILE run whole
     tile_size, ov = art.tiling.resolve(tile, overlap, default_tile=DEFAULT_TILE)
@@ -47,8 +47,13 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
         Path(output_path).mkdir(parents=True, exist_ok=True)
     else:
         pairs[0][1].parent.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temps([dst for _, dst in pairs])
+    if stale:
+        warnings.append(f"removed {stale} temp file(s) an interrupted run left behind")
+    skipped = [dst for _, dst in pairs if skip_existing and dst.exists()]
+    todo = [(src, dst) for src, dst in pairs if dst not in skipped]
     t0, failures = time.perf_counter(), []
-    for src, dst in tqdm(pairs, desc="images", unit="img", file=sys.stderr, disable=quiet or len(pairs) == 1):
+    for src, dst in tqdm(todo, desc="images", unit="img", file=sys.stderr, disable=quiet or len(todo) <= 1):
         try:
             upscale_file(runner, src, dst, alpha_mode=alpha_mode, progress_bar=not quiet, warn=warnings.append)
         except LiptExportError as exc:
@@ -58,9 +63,11 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
             click.echo(f"lipt-export: error: {exc}", err=True)
     for w in warnings:
         click.echo(f"lipt-export: warning: {w}", err=True)
-    done = len(pairs) - len(failures)
+    done = len(todo) - len(failures)
     tile_txt = f"tile {runner.tile} overlap {runner.overlap}" if runner.tile else "whole image"
     click.echo(f"upscaled {done} image(s) x{runner.scale} with {runner.runner.name} on {runner.device} ({tile_txt}) "
                f"-> {output_path} in {time.perf_counter() - t0:.1f}s")
+    if len(pairs) > 1 or skipped:
+        click.echo(f"done {done}, failed {len(failures)}, skipped {len(skipped)} (already there)")
     if failures:
         raise UpscaleError(f"{len(failures)} of {len(pairs)} images failed (see above)")

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Sequence
 from lipt_export.errors import TritonError
 from lipt_export.fileio import replace_dir
 from lipt_export.manifest import ArtifactEntry, Manifest, read_manifest, write_manifest
+from lipt_export.runtime.loader import checked_artifact
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 _ONNX_ELEM = {1: "float32", 10: "float16"}
@@ -118,7 +119,7 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
     entry = choose_entry(manifest, precision, fmt)
     fmt = entry.format
     platform, filename = PLATFORMS[fmt]
-    source = manifest.artifact_path(entry)  # inside the export, sha256 as recorded
+    source = checked_artifact(manifest, entry).path  # inside the export, sha256 and description as recorded
     if max_batch < 0 or instances < 1:
         raise TritonError("--max-batch must be >= 0 and --instances >= 1")
     if dynamic_batching and max_batch < 2:

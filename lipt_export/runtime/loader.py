@@ -18,20 +18,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
-from lipt_export.errors import ArtifactError
+from lipt_export.errors import ArtifactError, ManifestError
 from lipt_export.manifest import (MANIFEST_NAME, ArtifactEntry, IOContract, Manifest, ModelInfo, onnx_manifest,
                                   onnx_precision, read_manifest)
-from lipt_export.models.arch import Architecture
-from lipt_export.models.io import UnitRangeIO
-from lipt_export.models.loading import prepare_model
-from lipt_export.models.registry import ModelSpec, get_spec
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.ort import OnnxRuntimeRunner, ort_providers
-from lipt_export.runtime.tiling import TiledRunner, TilingPolicy
+from lipt_export.runtime.tiling import PadToMin, TiledRunner, TilingPolicy
 from lipt_export.runtime.trt import engine_runtime_status, load_engine_runner
+
+if TYPE_CHECKING:  # types only: serving ONNX files must not import torch
+    from lipt_export.models.arch import Architecture
+    from lipt_export.models.registry import ModelSpec
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
@@ -101,7 +101,7 @@ def open_artifact(path: str | os.PathLike, precision: Optional[str] = None, back
     if p.is_dir() or p.name == MANIFEST_NAME:
         man = open_export(p)
         entry = choose_entry(man, precision, backend)
-        return Artifact(man.artifact_path(entry), entry.format, entry.precision, man, entry)
+        return checked_artifact(man, entry)
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         man, entry = _sidecar(p)
@@ -123,6 +123,18 @@ def open_artifact(path: str | os.PathLike, precision: Optional[str] = None, back
                         f".engine or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
 
 
+def checked_artifact(man: Manifest, entry: ArtifactEntry) -> Artifact:
+    """The entry's file (inside the export, sha256 as recorded) and, for ONNX, the model description it carries
+    agreeing with the manifest (an edited manifest cannot change what a file computes)."""
+    path = man.artifact_path(entry)
+    if entry.format == "onnx":
+        own = onnx_manifest(path)
+        if own is not None and (own.io.scale, own.model.name) != (man.io.scale, man.model.name):
+            raise ManifestError(f"{man.root / MANIFEST_NAME} says {man.model.name} x{man.io.scale} but {entry.path} was "
+                                f"exported as {own.model.name} x{own.io.scale}: the manifest was edited; re-export")
+    return Artifact(path, entry.format, entry.precision, man, entry)
+
+
 def open_onnx_artifacts(path: str | os.PathLike) -> Tuple[List[Artifact], List[str]]:
     """Every ONNX artifact ``path`` names, for tools that compare them all (``eval``): an export directory or
     its manifest.json expands to all of its ONNX entries (each checked), a ``.onnx`` file is itself (as
@@ -135,7 +147,7 @@ def open_onnx_artifacts(path: str | os.PathLike) -> Tuple[List[Artifact], List[s
     if not (p.is_dir() or p.name == MANIFEST_NAME):
         raise ArtifactError(f"cannot use '{p.name}' here: expected an export directory, manifest.json or .onnx")
     man = open_export(p)
-    arts = [Artifact(man.artifact_path(a), "onnx", a.precision, man, a) for a in man.select("onnx")]
+    arts = [checked_artifact(man, a) for a in man.select("onnx")]
     if not arts:
         raise ArtifactError(f"{man.root} lists no ONNX artifacts")
     others = [f"{man.root.name}/{a.path} ({a.format})" for a in man.artifacts if a.format != "onnx"]
@@ -162,6 +174,8 @@ def runner_for(art: Artifact, *, providers: Optional[Sequence[str]] = None, thre
     if art.format == "onnx":
         runner = OnnxRuntimeRunner(art.path, name=name or art.path.name, precision=art.precision,
                                    providers=ort_providers(providers), threads=threads)
+        if art.io is not None and art.io.min_size > 1:  # tiny images: padded up to the model's minimum
+            runner = PadToMin(runner, art.io.scale, (art.io.min_size, art.io.min_size))
     elif art.format == "tensorrt":
         runner = load_engine_runner(art.path, art.entry, art.manifest, name=name)
     elif art.format == "torch":
@@ -177,18 +191,23 @@ def _checkpoint_runner(art: Artifact, model: Optional[str], variant: Optional[st
     if not model or not scale:
         raise ArtifactError(f"{art.path.name} is a PyTorch checkpoint: pass model=, scale= (and variant=) so it "
                             f"can be built, e.g. load_runner(path, model='lipt', variant='small', scale=4)")
+    # deferred: only checkpoints need torch and the model code; ONNX and engine serving must not pay for them
+    from lipt_export.models.io import UnitRangeIO
+    from lipt_export.models.loading import prepare_model
+    from lipt_export.models.registry import get_spec
+
     spec = get_spec(model)
     prepared = prepare_model(spec, variant, scale, str(art.path), seed=0)
     art.manifest = Manifest(ModelInfo(spec.name, prepared.arch.variant, scale), io_contract_for(spec, prepared.arch))
     return TorchRunner(UnitRangeIO(prepared.deploy, spec.rgb_range), name=name or f"eager:{art.path.name}")
 
 
-def tiling_for(spec: ModelSpec, arch: Architecture) -> TilingPolicy:
+def tiling_for(spec: "ModelSpec", arch: "Architecture") -> TilingPolicy:
     """The model's tiling policy (what export writes into the manifest's io.tiling)."""
     return TilingPolicy.for_model(arch.size_multiple, spec.recommended_tile, spec.tile_required)
 
 
-def io_contract_for(spec: ModelSpec, arch: Architecture) -> IOContract:
+def io_contract_for(spec: "ModelSpec", arch: "Architecture") -> IOContract:
     """The I/O contract of every artifact exported from ``spec`` with architecture ``arch``."""
     policy = tiling_for(spec, arch)
     return IOContract(scale=arch.scale, multiple_of=policy.multiple_of, min_size=spec.min_size,

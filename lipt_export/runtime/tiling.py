@@ -38,6 +38,8 @@ from lipt_export.runtime.base import Runner
 TileSize = Union[int, Tuple[int, int]]
 WINDOWS_OF_CONTEXT = 8
 BASE_OVERLAP = 16
+# LR tile used when the caller asks for nothing (upscale, eval): bounds memory; images up to it run whole.
+DEFAULT_TILE = 512
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class TilingPolicy:
             return None, overlap
         if tile < 0:
             raise TilingError(f"tile must be >= 0, got {tile}")
+        axis_arcs(2 * int(tile) + 1, int(tile), overlap, self.multiple_of)  # too small for the overlap: say so now
         return int(tile), overlap
 
     def wrap(self, runner: Runner, scale: Optional[int], tile: Optional[int] = None, overlap: Optional[int] = None,
@@ -250,7 +253,7 @@ class TiledRunner(Runner):
             outs[n] = out
         return outs
 
-    def _ensure_scale(self, lr_chw: np.ndarray) -> int:
+    def ensure_scale(self, lr_chw: np.ndarray) -> int:
         if self.scale is None:  # foreign model: measure it on a small patch
             h, w = min(lr_chw.shape[1], 16), min(lr_chw.shape[2], 16)
             probe = self.runner.infer(np.ascontiguousarray(lr_chw[None, :, :h, :w]))
@@ -261,30 +264,83 @@ class TiledRunner(Runner):
                    progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
         """Upscale one CHW image into ``out`` (C, s*H, s*W) float32, allocated when not given."""
         c, h, w = lr_chw.shape
-        s = self._ensure_scale(lr_chw)
+        s = self.ensure_scale(lr_chw)
         if out is None:
-            out = np.zeros((c, s * h, s * w), np.float32)
+            out = np.empty((c, s * h, s * w), np.float32)
         elif out.shape != (c, s * h, s * w):
             raise ValueError(f"output buffer has shape {out.shape}, expected {(c, s * h, s * w)}")
+
+        def sink(r0: int, block: np.ndarray) -> None:
+            out[:, r0:r0 + block.shape[1]] = block
+
+        self.infer_rows(lr_chw, sink, progress)
+        return out
+
+    def infer_rows(self, lr_chw: np.ndarray, sink: Callable[[int, np.ndarray], None],
+                   progress: Optional[Callable[[int], None]] = None) -> None:
+        """Upscale one CHW image, handing finished output rows to ``sink(first_row, block)`` strictly top to
+        bottom, each row once (block: float32 (C, rows, s*W)).
+
+        Memory is bounded by the tile rows, not the image height: tiles are run one row of tiles at a time and
+        rows are handed over as soon as no later tile touches them. Rows of tiles that wrap around the bottom
+        border (the cyclic layout, module doc) run first, so the top rows can be released early; their share of
+        the bottom rows is kept until the end (at most one tile row)."""
+        c, h, w = lr_chw.shape
+        s = self.ensure_scale(lr_chw)
+        if self.tile is None:
+            ys, xs = [Arc(0, h, h)], [Arc(0, w, w)]
+            wys, wxs = [np.ones(s * h, np.float32)], [np.ones(s * w, np.float32)]
         else:
-            out[...] = 0.0
-        for t in self.plan(h, w):
-            th, tw = sum(b - a for a, b in t.rows), sum(b - a for a, b in t.cols)
-            y = self.runner.infer(_gather(lr_chw, t.rows, t.cols))
+            th, tw = (self.tile, self.tile) if isinstance(self.tile, int) else self.tile
+            ys, xs = axis_arcs(h, th, self.overlap, self.multiple_of), axis_arcs(w, tw, self.overlap, self.multiple_of)
+            wys, wxs = axis_weights(ys, s, self.blend), axis_weights(xs, s, self.blend)
+        order = [i for i, a in enumerate(ys) if a.head] + [i for i, a in enumerate(ys) if not a.head]
+        last_step = np.zeros(s * h, np.int64)  # the processing step after which each output row is final
+        for step, i in enumerate(order):
+            for r0, r1 in ys[i].segments():
+                last_step[s * r0:s * r1] = step
+        pending: List[Tuple[int, np.ndarray]] = []  # (first output row, accumulated block)
+        emitted = 0
+        for step, i in enumerate(order):
+            pending += self._row_of_tiles(lr_chw, ys[i], wys[i], xs, wxs, s, progress)
+            end = emitted
+            while end < s * h and last_step[end] <= step:
+                end += 1
+            if end > emitted:
+                block = np.zeros((c, end - emitted, s * w), np.float32)
+                for r0, acc in pending:
+                    lo, hi = max(r0, emitted), min(r0 + acc.shape[1], end)
+                    if lo < hi:
+                        block[:, lo - emitted:hi - emitted] += acc[:, lo - r0:hi - r0]
+                sink(emitted, block)
+                emitted = end
+                pending = [(r0, acc) for r0, acc in pending if r0 + acc.shape[1] > emitted]
+
+    def _row_of_tiles(self, lr_chw: np.ndarray, ay: Arc, wy: np.ndarray, xs: Sequence[Arc],
+                      wxs: Sequence[np.ndarray], s: int, progress) -> List[Tuple[int, np.ndarray]]:
+        """The weighted output of one row of tiles, as (first output row, block) per row segment of the arc."""
+        c, _, w = lr_chw.shape
+        rows = ay.segments()
+        blocks = [np.zeros((c, s * (r1 - r0), s * w), np.float32) for r0, r1 in rows]
+        th = sum(b - a for a, b in rows)
+        for ax, wx in zip(xs, wxs):
+            cols = ax.segments()
+            tw = sum(b - a for a, b in cols)
+            y = self.runner.infer(_gather(lr_chw, rows, cols))
             if y.shape != (1, c, s * th, s * tw):
                 raise ValueError(f"{self.runner.name} returned shape {y.shape} for a tile needing "
                                  f"{(1, c, s * th, s * tw)}: is the scale {s} right?")
-            weighted = y[0] * (t.wy[:, None] * t.wx[None, :])
+            weighted = y[0] * (wy[:, None] * wx[None, :])
             p = 0
-            for r0, r1 in t.rows:  # scatter each stacked block back to where it came from
+            for block, (r0, r1) in zip(blocks, rows):  # scatter each stacked block back to where it came from
                 q = 0
-                for c0, c1 in t.cols:
-                    out[:, s * r0:s * r1, s * c0:s * c1] += weighted[:, s * p:s * (p + r1 - r0), s * q:s * (q + c1 - c0)]
+                for c0, c1 in cols:
+                    block[:, :, s * c0:s * c1] += weighted[:, s * p:s * (p + r1 - r0), s * q:s * (q + c1 - c0)]
                     q += c1 - c0
                 p += r1 - r0
             if progress is not None:
                 progress(1)
-        return out
+        return [(s * r0, block) for block, (r0, _) in zip(blocks, rows)]
 
 
 class ProfileFitRunner(Runner):
@@ -299,7 +355,7 @@ class ProfileFitRunner(Runner):
         self.name, self.precision, self.device = runner.name, runner.precision, runner.device
         tile = (_align_down(self.max_hw[0], multiple_of) or self.max_hw[0],
                 _align_down(self.max_hw[1], multiple_of) or self.max_hw[1])
-        self._tiled = TiledRunner(_PadToMin(runner, scale, self.min_hw), scale, tile, overlap, multiple_of)
+        self._tiled = TiledRunner(PadToMin(runner, scale, self.min_hw), scale, tile, overlap, multiple_of)
         self._padded = self._tiled.runner
 
     def infer(self, lr: np.ndarray) -> np.ndarray:
@@ -312,7 +368,10 @@ class ProfileFitRunner(Runner):
         return self._padded.infer(lr)
 
 
-class _PadToMin(Runner):
+class PadToMin(Runner):
+    """Pads inputs below ``min_hw`` (symmetric reflection, any amount) and crops the output: models whose
+    graph cannot take tiny inputs (reflect padding to the window needs pad < size) still upscale them."""
+
     def __init__(self, runner: Runner, scale: int, min_hw: Tuple[int, int]):
         self.runner, self.scale, self.min_hw = runner, scale, min_hw
         self.name, self.precision, self.device = runner.name, runner.precision, runner.device

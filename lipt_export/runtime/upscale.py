@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from lipt_export.errors import UpscaleError
 from lipt_export.fileio import save_atomic
-from lipt_export.images import list_images, load_image
+from lipt_export.images import PngWriter, list_images, load_image
 
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what PIL reads and writes here
 OUTPUT_SUFFIXES = INPUT_SUFFIXES + (".npy",)
@@ -35,7 +35,6 @@ PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", 
 ALPHA_FORMATS = {".png", ".webp", ".tif", ".tiff", ".npy"}
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what PIL uses for RGB -> L
 ROW_BLOCK = 256
-DEFAULT_TILE = 512  # LR pixels: bounds memory; images up to this size run in one piece
 
 
 def _to_uint(out: np.ndarray, bits: int, gray: bool) -> np.ndarray:
@@ -55,52 +54,90 @@ def _to_uint(out: np.ndarray, bits: int, gray: bool) -> np.ndarray:
 
 
 def _upscale_alpha(alpha: np.ndarray, scale: int, runner, how: str, progress) -> np.ndarray:
+    """The upscaled alpha plane as uint8 (H, W) (1 byte per output pixel)."""
     if how == "model":
         rgb = np.repeat(alpha[None], 3, axis=0)
-        return runner.infer_into(rgb, progress=progress).mean(axis=0)
+        out = np.empty((alpha.shape[0] * scale, alpha.shape[1] * scale), np.uint8)
+
+        def sink(r0: int, block: np.ndarray) -> None:
+            out[r0:r0 + block.shape[1]] = np.clip(block.mean(axis=0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+        runner.infer_rows(rgb, sink, progress=progress)
+        return out
     from PIL import Image
 
     h, w = alpha.shape
     im = Image.fromarray(alpha.astype(np.float32), mode="F").resize((w * scale, h * scale), Image.BICUBIC)
-    return np.asarray(im, dtype=np.float32)
+    return np.clip(np.asarray(im, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", progress_bar: bool = True,
                  warn=None) -> Tuple[int, int]:
-    """Upscale one file with a TiledRunner; returns the output (width, height)."""
+    """Upscale one file with a TiledRunner; returns the output (width, height).
+
+    Memory: the LR image (float32), the tiles in flight (:meth:`TiledRunner.infer_rows` hands over finished
+    rows), and the output's own encoding: PNG (and ``.npy``, a memory-mapped file) are written row block by row
+    block, so no whole output image is held; JPEG/WebP/TIFF/BMP are encoded by PIL from a whole 8-bit image."""
     from PIL import Image
     from tqdm import tqdm
 
     img = load_image(src)
     _, h, w = img.rgb.shape
-    n_tiles = runner.count_tiles(h, w) * (2 if img.alpha is not None and alpha_mode == "model" else 1)
+    suffix = dst.suffix.lower()
+    keep_alpha = img.alpha is not None and suffix in ALPHA_FORMATS
+    if img.alpha is not None and not keep_alpha and warn:
+        warn(f"{dst.name}: {suffix[1:].upper()} has no alpha channel; transparency dropped")
+    n_tiles = runner.count_tiles(h, w) * (2 if keep_alpha and alpha_mode == "model" else 1)
     with tqdm(total=n_tiles, desc=src.name, unit="tile", leave=False, file=sys.stderr,
               disable=not progress_bar) as bar:
-        out = runner.infer_into(img.rgb, progress=bar.update)
-        del img.rgb
-        s = out.shape[1] // h
-        alpha = _upscale_alpha(img.alpha, s, runner, alpha_mode, bar.update) if img.alpha is not None else None
-    suffix = dst.suffix.lower()
-    if alpha is not None and suffix not in ALPHA_FORMATS:
-        if warn:
-            warn(f"{dst.name}: {suffix[1:].upper()} has no alpha channel; transparency dropped")
-        alpha = None
-    if suffix == ".npy":
-        hwc = out.transpose(1, 2, 0)
-        if img.gray:
-            hwc = np.tensordot(out, LUMA, axes=([0], [0]))[..., None]
-        if alpha is not None:
-            hwc = np.concatenate([hwc, alpha[..., None]], axis=2)
-        arr = np.ascontiguousarray(hwc, dtype=np.float32)
-        save_atomic(dst, lambda tmp: np.save(open(tmp, "wb"), arr))
-        return out.shape[2], out.shape[1]
-    pixels = _to_uint(out, img.bits if suffix in (".png", ".tif", ".tiff") else 8, img.gray)
-    del out
+        s = runner.ensure_scale(img.rgb)
+        alpha = _upscale_alpha(img.alpha, s, runner, alpha_mode, bar.update) if keep_alpha else None
+        if suffix == ".npy":
+            channels = (1 if img.gray else 3) + (1 if alpha is not None else 0)
+
+            def write_npy(tmp: str) -> None:
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(s * h, s * w, channels))
+
+                def sink(r0: int, block: np.ndarray) -> None:
+                    n = block.shape[1]
+                    rows = np.tensordot(block, LUMA, axes=([0], [0]))[..., None] if img.gray else block.transpose(1, 2, 0)
+                    arr[r0:r0 + n, :, :rows.shape[2]] = rows
+                    if alpha is not None:
+                        arr[r0:r0 + n, :, -1] = alpha[r0:r0 + n] / np.float32(255.0)
+
+                runner.infer_rows(img.rgb, sink, progress=bar.update)
+                arr.flush()
+                del arr
+
+            save_atomic(dst, write_npy)
+            return s * w, s * h
+        bits = img.bits if suffix in (".png", ".tif", ".tiff") and alpha is None else 8  # no PIL mode for I;16+A
+        if suffix == ".png":
+            channels = (1 if img.gray else 3) + (1 if alpha is not None else 0)
+
+            def write_png(tmp: str) -> None:
+                writer = PngWriter(tmp, s * w, s * h, channels, bits, icc=img.icc)
+
+                def sink(r0: int, block: np.ndarray) -> None:
+                    rows = _to_uint(block, bits, img.gray)
+                    if alpha is not None:
+                        rows = np.dstack([rows, alpha[r0:r0 + rows.shape[0]]])
+                    writer.write(rows)
+
+                runner.infer_rows(img.rgb, sink, progress=bar.update)
+                writer.close()
+
+            save_atomic(dst, write_png)
+            return s * w, s * h
+        pixels = np.empty((s * h, s * w) if img.gray else (s * h, s * w, 3), np.uint16 if bits == 16 else np.uint8)
+
+        def fill(r0: int, block: np.ndarray) -> None:
+            pixels[r0:r0 + block.shape[1]] = _to_uint(block, bits, img.gray)
+
+        runner.infer_rows(img.rgb, fill, progress=bar.update)
+    del img.rgb
     if alpha is not None:
-        a = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        if pixels.dtype != np.uint8:  # 16-bit gray + alpha has no PIL mode: keep 8 bits
-            pixels = (pixels >> 8).astype(np.uint8)
-        pixels = np.dstack([pixels, a])
+        pixels = np.dstack([pixels, alpha])
     im = Image.fromarray(pixels)
     params = {"icc_profile": img.icc} if img.icc else {}
     fmt = PIL_FORMATS[suffix]
@@ -110,12 +147,16 @@ def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", p
     return im.size
 
 
-def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]) -> List[Tuple[Path, Path]]:
-    """(source, destination) pairs; raises UpscaleError for mismatched file/folder arguments."""
+def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]
+                 ) -> Tuple[List[Tuple[Path, Path]], List[str]]:
+    """(source, destination) pairs and notes; raises UpscaleError for mismatched file/folder arguments. Two
+    sources that would share an output name (``a.jpg`` and ``a.png`` with ``--format png``) keep their source
+    extension in the name (``a_jpg.png``, ``a_png.png``) and a note says so: no output overwrites another."""
     if not input_path.exists():
         raise UpscaleError(f"no such input: {input_path}")
     if fmt and f".{fmt.lower()}" not in OUTPUT_SUFFIXES:
         raise UpscaleError(f"unknown --format '{fmt}'; choose one of {', '.join(s[1:] for s in OUTPUT_SUFFIXES)}")
+    notes: List[str] = []
     if input_path.is_dir():
         if output_path.is_file() or output_path.suffix.lower() in OUTPUT_SUFFIXES:
             raise UpscaleError(f"INPUT {input_path} is a folder, so OUTPUT must be a folder too, not {output_path}")
@@ -123,6 +164,17 @@ def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]) -> Lis
         if not sources:
             raise UpscaleError(f"no images in {input_path} (looked for {', '.join(INPUT_SUFFIXES)})")
         pairs = [(p, output_path / (p.stem + (f".{fmt.lower()}" if fmt else p.suffix))) for p in sources]
+        by_dst: Dict[Path, List[Path]] = {}
+        for src, dst in pairs:
+            by_dst.setdefault(dst, []).append(src)
+        clashes = {dst: srcs for dst, srcs in by_dst.items() if len(srcs) > 1}
+        if clashes:
+            renamed = {src: dst.with_name(f"{src.stem}_{src.suffix[1:].lower()}{dst.suffix}")
+                       for dst, srcs in clashes.items() for src in srcs}
+            pairs = [(src, renamed.get(src, dst)) for src, dst in pairs]
+            for dst, srcs in clashes.items():
+                notes.append(f"{' and '.join(p.name for p in srcs)} would all be written to {dst.name}: written as "
+                             f"{', '.join(renamed[p].name for p in srcs)}")
     else:
         if output_path.is_dir():  # a file into an existing folder keeps its name
             output_path = output_path / (input_path.stem + (f".{fmt.lower()}" if fmt else input_path.suffix))
@@ -133,4 +185,15 @@ def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]) -> Lis
     for src, dst in pairs:
         if src.resolve() == dst.resolve():
             raise UpscaleError(f"{dst} would overwrite its input; choose another OUTPUT")
-    return pairs
+    return pairs, notes
+
+
+def remove_stale_temps(destinations: List[Path]) -> int:
+    """Temp files a killed run left next to these outputs (``.NAME.*.tmp``, see fileio.save_atomic)."""
+    removed = 0
+    for dst in destinations:
+        if dst.parent.is_dir():
+            for tmp in dst.parent.glob(f".{dst.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from lipt_export.runtime.loader import open_export
+from lipt_export.runtime.loader import checked_artifact, open_export
 
 
 def time_runner(runner, x, runs: int, warmup: int) -> Dict[str, float]:
@@ -27,7 +27,7 @@ def expand_artifacts(target: str) -> List[Path]:
     p = Path(target)
     if p.is_dir() or p.name == "manifest.json":
         man = open_export(p)
-        return [man.artifact_path(a) for a in man.artifacts]
+        return [checked_artifact(man, a).path for a in man.artifacts]
     return [p]
 
 

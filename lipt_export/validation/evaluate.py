@@ -27,7 +27,7 @@ from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.loader import open_onnx_artifacts, tiling_for
 from lipt_export.runtime.ort import OnnxRuntimeRunner
-from lipt_export.runtime.tiling import TiledRunner
+from lipt_export.runtime.tiling import DEFAULT_TILE, TiledRunner
 from lipt_export.validation.datasets import open_dataset
 from lipt_export.validation.extras import parity_extras_for
 from lipt_export.validation.metrics import sr_scores, to_uint8
@@ -146,7 +146,7 @@ def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optiona
             notes.append(f"{label}: exported from different weights ({w.get('path')}) than --weights")
         for art in arts:
             runner = OnnxRuntimeRunner(art.path, name=f"{label}/{art.path.name}", precision=art.precision)
-            runner = art.tiling.wrap(runner, scale, tile)
+            runner = art.tiling.wrap(runner, scale, tile, default_tile=DEFAULT_TILE)
             info = {"path": str(art.path)}
             if isinstance(runner, TiledRunner):
                 info["tile"] = runner.tile
@@ -202,7 +202,7 @@ def run_eval(model: str, variant: Optional[str], scale: int, weights: Optional[s
             notes.insert(0, "no --weights given; the eager model uses demo weights (scores are meaningless)")
         # the same tiling policy as the artifacts', so ΔPSNR measures the artifact, not the tiling
         eager = tiling_for(spec, arch).wrap(TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name="eager"),
-                                               scale, tile)
+                                            scale, tile, default_tile=DEFAULT_TILE)
         tiled = {"tile": eager.tile} if isinstance(eager, TiledRunner) else {}
         targets.append(EvalTarget(eager, "eager (pytorch)", "fp32", "pytorch", {"weights": info, **tiled}))
     targets.extend(arts)

@@ -16,6 +16,7 @@ import numpy as np
 
 from lipt_export.errors import EngineError, LiptExportError
 from lipt_export.manifest import ArtifactEntry, Manifest, read_manifest
+from lipt_export.runtime.loader import checked_artifact
 from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.runtime.trt import engine_runtime_status, load_engine_runner
 from lipt_export.validation.parity import fp32_parity_ok, psnr_parity_ok, rel_l2
@@ -77,7 +78,7 @@ def verify_export(directory: str | Path, threads: Optional[int] = None) -> List[
     for entry in manifest.artifacts:
         runtime = "onnxruntime" if entry.format == "onnx" else entry.get("runtime", "tensorrt")
         try:
-            path = manifest.artifact_path(entry)
+            path = checked_artifact(manifest, entry).path
         except LiptExportError as exc:
             rows.append(VerifyRow(entry.path, runtime, "fail", why=str(exc).replace(f"{manifest.root}/", "")))
             continue
