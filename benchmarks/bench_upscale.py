@@ -26,9 +26,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # helpers.shared: where ../shared is
 
 from lipt_export.report import format_table  # noqa: E402
-from shared_data import default_calibration_dir  # noqa: E402
+from helpers.shared import default_calibration_dir  # noqa: E402
 from lipt_export.validation.inputs import synthetic_image  # noqa: E402
 from lipt_export.validation.parity import rel_l2  # noqa: E402
 

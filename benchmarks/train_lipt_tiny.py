@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # helpers.shared: where ../shared is
 
 from lipt_export.models.lipt import build_lipt, count_parameters  # noqa: E402
 from lipt_export.models.lipt.nvsm import NVSMAttention  # noqa: E402
 from lipt_export.models.reparam import reparameterize_model  # noqa: E402
-from shared_data import shared_dir  # noqa: E402
+from helpers.shared import shared_dir  # noqa: E402
 from lipt_export.images import list_images  # noqa: E402
 from lipt_export.validation.imresize import imresize  # noqa: E402
 
