@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from lipt_export.errors import UpscaleError
-from lipt_export.fileio import save_atomic
+from lipt_export.fileio import save_atomic, writable_dir_problem
 from lipt_export.images import PngWriter, list_images, load_image
 
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what PIL reads and writes here
@@ -185,6 +185,9 @@ def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]
     for src, dst in pairs:
         if src.resolve() == dst.resolve():
             raise UpscaleError(f"{dst} would overwrite its input; choose another OUTPUT")
+    problem = writable_dir_problem(pairs[0][1].parent)  # before any image is processed, not after
+    if problem:
+        raise UpscaleError(f"cannot write {pairs[0][1].parent}: {problem}; choose another OUTPUT")
     return pairs, notes
 
 
