@@ -43,9 +43,10 @@ def _plain(value: Any) -> Any:
 
 def _need(d: Any, key: str, kind: type | Tuple[type, ...], where: str) -> Any:
     if not isinstance(d, Mapping) or key not in d:
-        raise ManifestError(f"{where} has no '{key}'")
+        raise ManifestError(f"{where} has no '{key}' (edited or truncated); re-export")
     if not isinstance(d[key], kind) or isinstance(d[key], bool) and kind is int:
-        raise ManifestError(f"{where}: '{key}' is {d[key]!r}, not {getattr(kind, '__name__', kind)}")
+        raise ManifestError(f"{where}: '{key}' is {d[key]!r}, not {getattr(kind, '__name__', kind)} (edited); "
+                            f"re-export")
     return d[key]
 
 
