@@ -1,7 +1,8 @@
 """Peak memory of `lipt-export upscale` against image size: is it bounded by the tile?
 
 Child processes run the real CLI (`lipt-export upscale EXPORT in.png out.EXT --tile 256`) and report their peak
-resident set size (ru_maxrss from os.wait4): Python, ONNX Runtime, the decoded input, the tiles in flight and the
+resident set size (ru_maxrss from os.wait4; this parent stays small and makes the input images in children too,
+since a forked child's ru_maxrss starts at its parent's RSS): Python, ONNX Runtime, the decoded input, the tiles in flight and the
 output's encoding. PNG and .npy outputs are streamed row block by row block; JPEG is encoded by PIL from a whole
 8-bit image (shown for comparison). Default artifacts: fresh LIPT-tiny x2 and x4 exports (demo weights).
 
@@ -62,7 +63,12 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--formats", default="png,jpg")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "memory.json"))
+    ap.add_argument("--make-image", nargs=3, metavar=("PATH", "W", "H"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make_image:
+        path, w, h = args.make_image
+        make_image(Path(path), int(w), int(h))
+        return
     rows, results = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -73,8 +79,8 @@ def main() -> None:
             for size in args.sizes.split(","):
                 w, h = (int(v) for v in size.lower().split("x"))
                 src = tmp / f"in_{w}x{h}.png"
-                if not src.exists():
-                    make_image(src, w, h)
+                if not src.exists():  # in a child: a child's ru_maxrss starts at its parent's RSS (fork)
+                    run_child([sys.executable, __file__, "--make-image", str(src), str(w), str(h)])
                 for fmt in args.formats.split(","):
                     dst = tmp / f"out_{w}x{h}_x{scale}.{fmt}"
                     seconds, rss = run_child([*CLI, "upscale", str(export), str(src), str(dst), "--tile",

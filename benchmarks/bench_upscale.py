@@ -78,7 +78,7 @@ def main() -> None:
     artifact = args.artifact
     if artifact is None:
         secs, _, _ = run_child([*CLI, "--model", "lipt", "--variant", "tiny", "--scale", "2", "--out", str(tmp),
-                                "--no-lint"], env)
+                                "--no-lint", "--backend", "onnxruntime"], env)
         artifact = str(tmp / "lipt-tiny-x2")
         print(f"exported {artifact} in {secs:.0f}s", file=sys.stderr)
     w, h = (int(v) for v in args.size.lower().split("x"))

@@ -42,12 +42,16 @@ def ort_providers(use: Optional[Sequence[str]] = None, cache_dir: Optional[str |
     return out
 
 
-def ort_session(model: ModelSource, *, threads: Optional[int] = None, providers: Optional[Sequence[Any]] = None):
+def ort_session(model: ModelSource, *, threads: Optional[int] = None, providers: Optional[Sequence[Any]] = None,
+                memory_arena: bool = True):
     """An InferenceSession on ``model`` (path, bytes or ModelProto). CPU only unless ``providers`` says
-    otherwise; ``threads`` intra-op threads (default :func:`default_threads`), one inter-op thread."""
+    otherwise; ``threads`` intra-op threads (default :func:`default_threads`), one inter-op thread.
+    ``memory_arena=False`` returns activation memory after every run instead of keeping the largest run's
+    (for many sessions over images of varying size, as ``eval`` has)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    opts.enable_cpu_mem_arena = memory_arena
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
@@ -61,14 +65,14 @@ class OnnxRuntimeRunner(Runner):
     """ONNX Runtime session on the best available provider (CPU unless onnxruntime-gpu is installed)."""
 
     def __init__(self, path: str | Path, name: Optional[str] = None, precision: str = "fp32",
-                 providers: Optional[Sequence[Any]] = None, threads: Optional[int] = None):
+                 providers: Optional[Sequence[Any]] = None, threads: Optional[int] = None, memory_arena: bool = True):
         import onnxruntime as ort
 
         self.path = Path(path)
         if providers is None:
             available = ort.get_available_providers()
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort_session(self.path, threads=threads, providers=providers)
+        self.session = ort_session(self.path, threads=threads, providers=providers, memory_arena=memory_arena)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.input_dtype = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32

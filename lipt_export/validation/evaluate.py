@@ -145,7 +145,9 @@ def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optiona
         if weights_sha and w.get("sha256") and w["sha256"] != weights_sha:
             notes.append(f"{label}: exported from different weights ({w.get('path')}) than --weights")
         for art in arts:
-            runner = OnnxRuntimeRunner(art.path, name=f"{label}/{art.path.name}", precision=art.precision)
+            # no arena: several sessions over images of varying size would each keep their largest run's memory
+            runner = OnnxRuntimeRunner(art.path, name=f"{label}/{art.path.name}", precision=art.precision,
+                                       memory_arena=False)
             runner = art.tiling.wrap(runner, scale, tile, default_tile=DEFAULT_TILE)
             info = {"path": str(art.path)}
             if isinstance(runner, TiledRunner):
