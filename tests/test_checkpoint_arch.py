@@ -255,3 +255,15 @@ def test_fixed_architecture_families_read_the_scale():
         for s in spec.scales:
             assert spec.read_arch(build_model(name, None, s)[2].state_dict()) == {"scale": s}
     assert np.isclose(get_spec("agileir").read_arch(AgileIR(SMALL_AGILEIR, 4).state_dict())["scale"], 4)
+
+
+def test_fixed_architecture_families_read_their_argument_sets(tmp_path):
+    args = tmp_path / "smsr_args.txt"
+    args.write_text("--model SMSR --scale 3 --n_feats 64 --patch_size 96\n")
+    arch = resolve_architecture(get_spec("smsr"), None, 2, config_file=str(args))
+    assert arch.variant == "base" and any("config file says scale 3" in n for n in arch.notes)
+    args.write_text("--scale 2 --n_feats 48\n")
+    with pytest.raises(ModelError, match="--n_feats 48 differs from SMSR's published n_feats 64"):
+        resolve_architecture(get_spec("smsr"), None, 2, config_file=str(args))
+    args.write_text("--scale 4 --n_feats 32\n")
+    assert resolve_architecture(get_spec("esrt"), None, 4, config_file=str(args)).notes == ()

@@ -74,9 +74,9 @@ def resolve_architecture(spec: ModelSpec, variant: Optional[str], scale: int, *,
     if scale not in spec.scales:
         resolve_variant(spec, spec.default_variant, scale)  # raises the ModelError naming the scales
     found = dict(spec.read_arch(state_dict)) if state_dict is not None and spec.read_arch else {}
-    file_fields = dict(spec.read_config_file(Path(config_file))) if config_file else {}
     if config_file and spec.read_config_file is None:
-        raise ModelError(f"--config is not supported for {spec.name}: its architecture is fixed")
+        raise ModelError(f"--config is not supported for {spec.name}")
+    file_fields = dict(spec.read_config_file(Path(config_file))) if config_file else {}
     notes: List[str] = []
     ck_scale = found.pop("scale", None)  # a mismatch is reported by the strict load, with this as the hint
     file_scale = file_fields.pop("scale", None)
@@ -173,3 +173,17 @@ def count_indices(keys, pattern: str) -> int:
     rx = re.compile(pattern)
     found = {int(m.group(1)) for k in keys for m in [rx.match(k)] if m}
     return max(found) + 1 if found else 0
+
+
+def fixed_arch_arguments(family: str, fixed: Mapping[str, int]):
+    """A ``read_config_file`` for an EDSR-style family with a fixed architecture (SMSR, ESRT): the argument set
+    the user trained with (``--scale 2 --n_feats 64 ...`` in a text file) must match the published architecture;
+    it contributes its scale."""
+    def read(path: Path) -> Dict[str, Any]:
+        args = read_arguments(path)
+        for key, want in fixed.items():
+            if key in args and int(args[key]) != want:
+                raise ModelError(f"{path}: --{key} {args[key]} differs from {family}'s published {key} {want}; "
+                                 f"only the published architecture is supported")
+        return {"scale": int(args["scale"].split("+")[0])} if "scale" in args else {}
+    return read

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lipt_export.models.arch import fixed_arch_arguments
 from lipt_export.models.demo_init import deterministic_init
 from lipt_export.models.layers import ChannelAttention, Mlp
 from lipt_export.models.registry import ModelSpec, register
@@ -322,6 +323,7 @@ register(ModelSpec(
     tile_required=True,
     init_for_tests=init_for_tests,
     read_arch=read_esrt_arch,
+    read_config_file=fixed_arch_arguments("ESRT", {"n_feats": N_FEATS}),
     extra={"attention": "global inside each quarter of the H*W token sequence",
            "emha_score_bytes_fp32": "8 * N^2 per image (N = tile H*W): 8 heads x 4 segments x (N/4)^2 x 4 B"},
 ))

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lipt_export.models.arch import fixed_arch_arguments
 from lipt_export.models.demo_init import deterministic_init
 from lipt_export.models.layers import ChannelAttention, MeanShift
 from lipt_export.models.registry import ModelSpec, register
@@ -283,4 +284,5 @@ register(ModelSpec(
     recommended_tile=256,
     init_for_tests=smsr_init_for_tests,
     read_arch=read_smsr_arch,
+    read_config_file=fixed_arch_arguments("SMSR", {"n_feats": N_FEATS}),
 ))
