@@ -307,7 +307,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     if engine_backend != "onnxruntime":
         cfg.engine.validate(engine_backend)  # bad --shapes/--batch/--compute-capabilities fail before any work
     out_root = Path(cfg.out)
-    if cfg.name or not cfg.weights:  # the folder name is known before the checkpoint is read
+    if cfg.name or not (cfg.weights or cfg.config):  # the folder name is known before the model is resolved
         check_target(out_root / (cfg.name or f"{spec.name}-{resolve_variant(spec, cfg.variant, cfg.scale)}"
                                                f"-x{cfg.scale}"), cfg.overwrite)
     stage = Stages()
