@@ -1,4 +1,4 @@
-"""Tiled inference for any image size, with memory bounded by the tile.
+"""Tiled inference for any image size, with memory bounded by the tile rows (not the image height).
 
 Layout. Each axis is treated as a cycle: tiles ("arcs") of at most ``tile`` LR pixels overlap their
 neighbours by at least ``overlap`` pixels, and the last one runs past the border into the first. A tile that
@@ -21,8 +21,9 @@ Policy. :class:`TilingPolicy` is the one rule for *whether* and *how* a model is
 whether tiling is required); export writes it into the manifest and every consumer (``load_runner``,
 ``upscale``, ``eval``, engines, Triton) resolves the user's ``--tile``/``--overlap`` through it.
 
-Memory. Output tiles are accumulated straight into one preallocated output array (or one the caller
-passes to :meth:`TiledRunner.infer_into`), so working memory is one tile's inference plus the output.
+Memory. :meth:`TiledRunner.infer_rows` runs one row of tiles at a time and hands finished output rows to a
+sink, so working memory is about three rows of tiles of output (tile rows x output width), never the whole
+output; :meth:`TiledRunner.infer_into` collects them into one array for callers that want it.
 """
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ Colour handling, as users expect from an upscaler (images are read by :func:`lip
 * EXIF orientation is applied; ICC profiles are kept. ``.npy`` outputs hold the raw float32 HWC result
   (unclamped), for analysis.
 
-Memory is bounded by the tile: the LR image is read once as float32, output tiles are blended into one
-preallocated float32 buffer and converted to 8 bits row block by row block. Files are written to a temp
-name and renamed, so a failed or interrupted run never leaves a half-written image.
+Memory: the LR image is read once as float32; output rows arrive from :meth:`TiledRunner.infer_rows` as soon as
+they are final and are encoded straight away for PNG (streamed) and ``.npy`` (a memory-mapped file), or collected
+as 8-bit for the formats PIL must encode whole. Files are written to a temp name and renamed, so a failed or
+interrupted run never leaves a half-written image.
 """
 from __future__ import annotations
 
