@@ -29,6 +29,12 @@ def list_images(folder: str | Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _unreadable(path: str | Path, exc: Exception) -> ImageError:
+    detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+    return ImageError(f"cannot read image {path} ({type(exc).__name__}{': ' + detail if detail else ''}); "
+                      f"replace or remove it (supported: {SUPPORTED})")
+
+
 @dataclass
 class LoadedImage:
     rgb: np.ndarray  # (3, H, W) float32 in [0, 1]
@@ -58,9 +64,7 @@ def load_image(path: str | Path) -> LoadedImage:
             arr = np.asarray(im)
             mode = im.mode
     except Exception as exc:  # PIL raises many types for truncated, corrupt or non-image files
-        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
-        raise ImageError(f"cannot read image {path} ({type(exc).__name__}{': ' + detail if detail else ''}); "
-                         f"replace or remove it (supported: {SUPPORTED})") from None
+        raise _unreadable(path, exc) from None
     bits, alpha = 8, None
     if mode.startswith("I"):
         bits = 16
@@ -103,9 +107,7 @@ def image_size(path: str | Path):
             im.verify()
         return size
     except Exception as exc:
-        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
-        raise ImageError(f"cannot read image {path} ({type(exc).__name__}{': ' + detail if detail else ''}); "
-                         f"replace or remove it (supported: {SUPPORTED})") from None
+        raise _unreadable(path, exc) from None
 
 
 class PngWriter:

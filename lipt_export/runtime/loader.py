@@ -16,6 +16,7 @@ checked (inside the directory, sha256 as recorded) before it is used.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
@@ -221,9 +222,8 @@ def load_runner(path: Any, precision: Optional[str] = None, backend: str = "auto
                 scale: Optional[int] = None, name: Optional[str] = None) -> Runner:
     """A ready runner for ``path`` (see the module doc). ``tile``: LR tile size (0 = whole images;
     None = as the manifest says). ``overlap``: LR pixels shared by neighbouring tiles."""
-    import torch.nn as nn
-
-    if isinstance(path, nn.Module):
+    torch = sys.modules.get("torch")  # a module can only be passed if torch is loaded: never import it here
+    if torch is not None and isinstance(path, torch.nn.Module):
         return TorchRunner(path, name=name or "eager")
     art = open_artifact(path, precision=precision, backend=backend)
     runner = runner_for(art, providers=providers, threads=threads, model=model, variant=variant, scale=scale,
