@@ -28,6 +28,7 @@ COMMANDS = {
     "triton": "lipt_export.cli.triton",
     "bench": "lipt_export.cli.bench",
     "verify": "lipt_export.cli.verify",
+    "serve": "lipt_export.cli.serve",
 }
 
 

@@ -25,17 +25,27 @@ from lipt_export.engines.triton import write_triton_model
               "use with fixed-size tiles).")
 @click.option("--preferred-batch", default=None, help="Preferred batch sizes, e.g. 4,8.")
 @click.option("--max-queue-delay-us", default=100, show_default=True, type=int)
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads per instance "
+              "(intra_op_thread_count; 0 or unset: ONNX Runtime's default). `lipt-export serve` uses 1.")
+@click.option("--tiled", is_flag=True, help="Also write NAME_tiled: a BLS model (Python backend) that serves any "
+              "image size by tiling with the export's tiling policy.")
+@click.option("--tile", default=None, type=int, help="LR tile of the tiled model [default: the export's "
+              "recommended tile].")
+@click.option("--overlap", default=None, type=int, help="Tile overlap [default: the export's tiling policy].")
 @click.option("--force", is_flag=True, help="Replace an existing model of the same name.")
 def command(export_dir, repo, name, max_batch, instances, precision, fmt, kind, dynamic_batching, preferred_batch,
-            max_queue_delay_us, force):
+            max_queue_delay_us, threads, tiled, tile, overlap, force):
     """Write a Triton model repository entry (config.pbtxt + model) for EXPORT_DIR."""
     res = write_triton_model(export_dir, repo, name=name, max_batch=max_batch, instances=instances,
                              precision=precision, fmt=fmt, kind=kind, dynamic_batching=dynamic_batching,
                              preferred_batch=parse_int_list(preferred_batch), max_queue_delay_us=max_queue_delay_us,
-                             force=force)
+                             threads=threads, tiled=tiled, tile=tile, overlap=overlap, force=force)
     click.echo(f"wrote {res['config']}")
     click.echo(f"wrote {res['model']}  ({res['platform']}, from {res['entry']['path']})")
     if res["entry"]["format"] == "tensorrt":
         click.echo(f"note: the plan was built with TensorRT {res['entry'].get('tensorrt_version')} on "
                    f"{res['entry'].get('gpu')}; the Triton container must ship the same TensorRT version")
+    if tiled:
+        t = res["tiled"]
+        click.echo(f"wrote {t['config']}  (BLS: tile {t['tile']}, overlap {t['overlap']}, through {res['name']})")
     click.echo(f"serve: tritonserver --model-repository={Path(repo).resolve()}")

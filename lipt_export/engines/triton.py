@@ -7,6 +7,10 @@ ONNX graph itself (plans: from the manifest), dims are ``[3, -1, -1]`` with the 
 
 Dynamic batching only merges requests whose shapes are identical, so it helps SR serving only when
 clients send fixed-size tiles; it is off unless asked for.
+
+``--tiled`` adds ``<name>_tiled``, a BLS model on the Python backend that takes an image of any size and
+runs it through the served model tile by tile with the project's own tiling module (vendored into the
+model's version directory, so the repository needs nothing of lipt-export installed on the server).
 """
 from __future__ import annotations
 
@@ -17,10 +21,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import lipt_export.errors
+import lipt_export.runtime.base
+import lipt_export.runtime.tiling
 from lipt_export.errors import TritonError
 from lipt_export.fileio import replace_dir
 from lipt_export.manifest import ArtifactEntry, Manifest, read_manifest, write_manifest
 from lipt_export.runtime.loader import checked_artifact
+from lipt_export.runtime.tiling import TilingPolicy
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 _ONNX_ELEM = {1: "float32", 10: "float16"}
@@ -93,9 +101,11 @@ def choose_entry(manifest: Manifest, precision: str, fmt: str) -> ArtifactEntry:
 
 def render_config(name: str, platform: str, io: Dict[str, Dict[str, str]], max_batch: int, instances: int,
                   kind: str, dynamic_batching: bool, preferred_batch: Sequence[int] = (),
-                  max_queue_delay_us: int = 100) -> str:
+                  max_queue_delay_us: int = 100, parameters: Optional[Dict[str, Any]] = None,
+                  backend: Optional[str] = None) -> str:
     dims = "[ 3, -1, -1 ]" if max_batch > 0 else "[ -1, 3, -1, -1 ]"  # batch implicit when batching
-    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch}"]
+    lines = [f'name: "{name}"', f'backend: "{backend}"' if backend else f'platform: "{platform}"',
+             f"max_batch_size: {max_batch}"]
     for key, label in (("input", "input"), ("output", "output")):
         t = io[key]
         lines += [f"{label} [", "  {", f'    name: "{t["name"]}"', f"    data_type: {TRITON_DTYPES[t['dtype']]}",
@@ -106,14 +116,23 @@ def render_config(name: str, platform: str, io: Dict[str, Dict[str, str]], max_b
         if preferred_batch:
             lines.append(f"  preferred_batch_size: [ {', '.join(str(b) for b in preferred_batch)} ]")
         lines += [f"  max_queue_delay_microseconds: {max_queue_delay_us}", "}"]
+    for key, value in (parameters or {}).items():
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
     return "\n".join(lines) + "\n"
 
 
 def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Optional[str] = None, max_batch: int = 1,
                        instances: int = 1, precision: str = "fp32", fmt: str = "auto", kind: str = "auto",
                        dynamic_batching: bool = False, preferred_batch: Sequence[int] = (),
-                       max_queue_delay_us: int = 100, force: bool = False) -> Dict[str, Any]:
-    """Write one model into a Triton repository; returns {"dir", "config", "model", "entry", "platform"}."""
+                       max_queue_delay_us: int = 100, threads: Optional[int] = None, tiled: bool = False,
+                       tile: Optional[int] = None, overlap: Optional[int] = None,
+                       force: bool = False) -> Dict[str, Any]:
+    """Write one model into a Triton repository; returns {"dir", "config", "model", "entry", "platform", "io",
+    "name", "manifest"} and, with ``tiled``, "tiled": the same for ``<name>_tiled`` (+ "tile", "overlap").
+    Everything is checked before anything is written.
+
+    ``threads``: ONNX Runtime intra-op threads (the ``intra_op_thread_count`` parameter, which both the C++
+    onnxruntime backend and lipt-export's Python-based one read); None leaves ONNX Runtime's default."""
     export_dir, repo = Path(export_dir), Path(repo)
     manifest = read_manifest(export_dir if export_dir.is_dir() else export_dir.parent)
     entry = choose_entry(manifest, precision, fmt)
@@ -131,28 +150,85 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
                               f"rebuild with --batch 1:OPT:{max(max_batch, 1)})")
     io = _onnx_io(source) if fmt == "onnx" else _plan_io(manifest, entry)
     name = name or manifest.model.label
-    if not name or "/" in name or "\\" in name or '"' in name or name.startswith("."):
-        raise TritonError(f"invalid model name '{name}': use letters, digits, '-', '_' or '.' (not first)")
+    _check_name(name)
     kind = {"auto": "KIND_GPU" if fmt == "tensorrt" else "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}[kind]
     if fmt == "tensorrt" and kind == "KIND_CPU":
         raise TritonError("a TensorRT plan runs on GPU instances only; drop --kind cpu or use the ONNX model")
+    if threads is not None and threads < 0:
+        raise TritonError(f"--threads must be >= 0 (0: ONNX Runtime's default), got {threads}")
+    params = {"intra_op_thread_count": threads} if threads is not None and fmt == "onnx" else None
     text = render_config(name, platform, io, max_batch, instances, kind, dynamic_batching, preferred_batch,
-                         max_queue_delay_us)
+                         max_queue_delay_us, params)
+    spec = _tiled_spec(name, io, manifest, tile, overlap) if tiled else None
+    for existing in [repo / name] + ([repo / spec["name"]] if spec else []):
+        if existing.exists() and not force:
+            raise TritonError(f"{existing} already exists; pass --force to replace it")
+    final = _write_model_dir(repo, name, text, {filename: source}, manifest, force)
+    result = {"dir": final, "config": final / "config.pbtxt", "model": final / "1" / filename,
+              "entry": entry.to_dict(), "platform": platform, "io": io, "name": name, "manifest": manifest}
+    if spec:
+        tdir = _write_model_dir(repo, spec["name"], spec["text"], spec["files"], manifest, force)
+        result["tiled"] = {"dir": tdir, "config": tdir / "config.pbtxt", "model": tdir / "1" / "model.py",
+                           "name": spec["name"], "tile": spec["tile"], "overlap": spec["overlap"], "io": spec["io"]}
+    return result
+
+
+def _write_model_dir(repo: Path, name: str, config_text: str, version_files: Dict[str, Path], manifest: Manifest,
+                     force: bool) -> Path:
+    """REPO/NAME with config.pbtxt, 1/<files> and the manifest, written under a temp name and renamed."""
+    _check_name(name)
     if model_config_pb2() is not None:
-        parse_config(text)  # Triton's own schema, when tritonclient is installed
+        parse_config(config_text)  # Triton's own schema, when tritonclient is installed
     final = repo / name
     if final.exists() and not force:
         raise TritonError(f"{final} already exists; pass --force to replace it")
     repo.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(repo)))
     try:
-        (tmp / "1").mkdir()
-        shutil.copyfile(source, tmp / "1" / filename)
-        (tmp / "config.pbtxt").write_text(text)
+        for rel, src in version_files.items():
+            dest = tmp / "1" / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+        (tmp / "config.pbtxt").write_text(config_text)
         write_manifest(tmp, manifest)
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"dir": final, "config": final / "config.pbtxt", "model": final / "1" / filename, "entry": entry.to_dict(),
-            "platform": platform, "io": io}
+    return final
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or '"' in name or name.startswith("."):
+        raise TritonError(f"invalid model name '{name}': use letters, digits, '-', '_' or '.' (not first)")
+
+
+TRITON_MODELS_DIR = Path(__file__).resolve().parent / "triton_models"
+
+
+def vendored_tiling_files() -> Dict[str, Path]:
+    """The package's tiling module and what it imports, as files for a BLS model's version directory."""
+    return {"lipt_export/__init__.py": TRITON_MODELS_DIR / "vendored_init.py",
+            "lipt_export/errors.py": Path(lipt_export.errors.__file__),
+            "lipt_export/runtime/__init__.py": TRITON_MODELS_DIR / "vendored_init.py",
+            "lipt_export/runtime/base.py": Path(lipt_export.runtime.base.__file__),
+            "lipt_export/runtime/tiling.py": Path(lipt_export.runtime.tiling.__file__)}
+
+
+def _tiled_spec(target_name: str, target_io: Dict[str, Dict[str, str]], manifest: Manifest, tile: Optional[int],
+                overlap: Optional[int]) -> Dict[str, Any]:
+    """Config and files of ``<target>_tiled``, the BLS model that serves any image size through the target.
+    Tile and overlap come from the export's tiling policy (its recommended tile unless ``tile`` is given)."""
+    policy = TilingPolicy.from_io(manifest.io)
+    size, ov = policy.resolve(tile, overlap, default_tile=policy.recommended_tile)
+    if size is None:
+        raise TritonError("the tiled model needs a tile: use --tile N with N > 0")
+    name = f"{target_name}_tiled"
+    in_name, out_name = target_io["input"]["name"], target_io["output"]["name"]
+    io = {"input": {"name": in_name, "dtype": "float32"}, "output": {"name": out_name, "dtype": "float32"}}
+    params = {"target_model": target_name, "target_input": in_name, "target_output": out_name,
+              "target_dtype": target_io["input"]["dtype"], "scale": manifest.io.scale, "tile": size,
+              "overlap": ov, "multiple_of": manifest.io.multiple_of}
+    text = render_config(name, "", io, 0, 1, "KIND_CPU", False, parameters=params, backend="python")
+    files = {"model.py": TRITON_MODELS_DIR / "tiled_model.py", **vendored_tiling_files()}
+    return {"name": name, "text": text, "files": files, "tile": size, "overlap": ov, "io": io}
