@@ -11,7 +11,7 @@ import click
 
 from lipt_export.engines.triton import write_triton_model
 from lipt_export.engines.triton_client import curl_example
-from lipt_export.engines.triton_server import (DEFAULT_PORT, DEFAULT_SERVER_THREADS, TritonServer,
+from lipt_export.engines.triton_server import (DEFAULT_PORT, TritonServer, default_server_threads,
                                                default_server_env, open_server_env, prepare_backends,
                                                setup_server_env)
 from lipt_export.errors import TritonError, UsageError
@@ -44,8 +44,8 @@ def _dir_size(path: Path) -> int:
               "else 1].")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Which ONNX artifact of the export to serve.")
-@click.option("--threads", default=DEFAULT_SERVER_THREADS, show_default=True, type=int,
-              help="ONNX Runtime intra-op threads per instance (0: ONNX Runtime's default).")
+@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads per instance "
+              "[default: the cores divided among the instances; 0: ONNX Runtime's own default].")
 @click.option("--timeout", default=120.0, show_default=True, type=float, help="Seconds to wait for readiness.")
 def command(export_dir, setup, server_env, port, host, name, tiled, tile, overlap, instances, dynamic_batching,
             max_batch, precision, threads, timeout):
@@ -67,6 +67,7 @@ def command(export_dir, setup, server_env, port, host, name, tiled, tile, overla
     if instances < 1:
         raise UsageError(f"--instances must be >= 1, got {instances}")
     max_batch = (8 if dynamic_batching else 1) if max_batch is None else max_batch
+    threads = default_server_threads(instances) if threads is None else threads
     read_manifest(Path(export_dir))  # a missing or untrusted export fails before anything starts
     env = open_server_env(env_root)
 

@@ -26,7 +26,7 @@ from lipt_export.engines.triton import write_triton_model
 @click.option("--preferred-batch", default=None, help="Preferred batch sizes, e.g. 4,8.")
 @click.option("--max-queue-delay-us", default=100, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads per instance "
-              "(intra_op_thread_count; 0 or unset: ONNX Runtime's default). `lipt-export serve` uses 1.")
+              "(intra_op_thread_count; 0 or unset: ONNX Runtime's default).")
 @click.option("--tiled", is_flag=True, help="Also write NAME_tiled: a BLS model (Python backend) that serves any "
               "image size by tiling with the export's tiling policy.")
 @click.option("--tile", default=None, type=int, help="LR tile of the tiled model [default: the export's "

@@ -39,9 +39,13 @@ SERVER_PACKAGES = ("nvidia-pytriton", "numpy", "onnxruntime")
 STAMP_NAME = "lipt-export-server.json"
 ONNXRUNTIME_BACKEND = Path(__file__).resolve().parent / "triton_models" / "onnxruntime_backend.py"
 DEFAULT_PORT = 8000
-# Measured here (docs/benchmarks.md, bench_triton.py): one ONNX Runtime thread per instance served 2.4x more
-# than two on 2 cores, where the server shares the cores with its clients and the Python-backend stub.
-DEFAULT_SERVER_THREADS = 1
+
+
+def default_server_threads(instances: int) -> int:
+    """ONNX Runtime threads per instance: the cores shared out among the instances. Measured here with
+    bench_triton.py (docs/benchmarks.md; LIPT-tiny x2, 64x64, 4 clients on the same 2 cores): 1 instance x 1
+    thread 25.4 req/s, 1 x 2 threads 37.2, 2 instances x 1 thread 46.5."""
+    return max(1, (os.cpu_count() or 1) // max(1, instances))
 
 
 def default_server_env() -> Path:
@@ -251,7 +255,8 @@ class TritonServer:
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as logf:
             self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.environment(), start_new_session=True)
+                                         env=self.environment(), start_new_session=True,
+                                         preexec_fn=_die_with_parent)
         try:
             self._wait_ready(timeout, models)
         except BaseException:
@@ -306,6 +311,15 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM the server when the process that started it dies, even by SIGKILL
+    (Linux prctl PR_SET_PDEATHSIG), so a killed `serve` or test run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes  # deferred: runs in the forked child only
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
 
 
 def _signal_group(pgid: int, sig: int) -> None:
