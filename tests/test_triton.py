@@ -124,3 +124,36 @@ def test_triton_parser_rejects_invalid_configs():
     with pytest.raises(ParseError):
         parse_config('name: "x"\ninput [ { name: "lr" data_type: TYPE_FP33 dims: [ 3 ] } ]\n')
     assert json.dumps(list(parse_config('name: "x"\ninput [ { dims: [ 3, -1, -1 ] } ]').input[0].dims)) == "[3, -1, -1]"
+
+
+def test_tiled_writes_the_bls_model_with_the_package_tiling_and_checks_before_writing(export_dir, tmp_path):
+    from lipt_export.fileio import sha256_file
+    from lipt_export.runtime.tiling import TilingPolicy
+
+    repo = tmp_path / "repo"
+    res = write_triton_model(export_dir, repo, name="m", tiled=True, threads=1)
+    plain_cfg, tiled_cfg = _load(res), parse_config(res["tiled"]["config"].read_text())
+    assert plain_cfg.parameters["intra_op_thread_count"].string_value == "1"
+    assert tiled_cfg.name == "m_tiled" and tiled_cfg.backend == "python" and tiled_cfg.max_batch_size == 0
+    params = {k: v.string_value for k, v in tiled_cfg.parameters.items()}
+    manifest = mf.read_manifest(export_dir)
+    tile, overlap = TilingPolicy.from_io(manifest.io).resolve(None, None, manifest.io.recommended_tile)
+    assert params == {"target_model": "m", "target_input": manifest.io.input_name,
+                      "target_output": manifest.io.output_name, "target_dtype": "float32",
+                      "scale": str(manifest.io.scale), "tile": str(tile), "overlap": str(overlap),
+                      "multiple_of": str(manifest.io.multiple_of)}
+    version = res["tiled"]["dir"] / "1"
+    import lipt_export.runtime.tiling as tiling
+
+    assert sha256_file(version / "lipt_export" / "runtime" / "tiling.py") == sha256_file(tiling.__file__)
+    assert (version / "model.py").is_file()
+    # the plain model exists and the tiled one would collide: nothing is written without --force
+    (repo / "n_tiled").mkdir()
+    with pytest.raises(TritonError, match="n_tiled already exists"):
+        write_triton_model(export_dir, repo, name="n", tiled=True)
+    assert not (repo / "n").exists()
+    from lipt_export.errors import TilingError
+
+    with pytest.raises(TilingError, match="too small for overlap"):
+        write_triton_model(export_dir, repo, name="o", tiled=True, tile=4, overlap=16)
+    assert not (repo / "o").exists()

@@ -86,6 +86,12 @@ def test_every_variant_loads_with_its_config(client):
     assert client.config(f"{NAME}_tiled")["backend"] == "python"
 
 
+def test_setup_is_idempotent():
+    res = subprocess.run([sys.executable, "-m", "lipt_export.cli", "serve", "--setup"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and "server environment up to date" in res.stdout, res.stdout + res.stderr
+
+
 @pytest.mark.parametrize("size", [(64, 64), (37, 51)])
 @pytest.mark.parametrize("model", list(VARIANTS))
 def test_served_outputs_equal_onnxruntime(client, local, model, size):
