@@ -35,9 +35,41 @@ def _unreadable(path: str | Path, exc: Exception) -> ImageError:
                       f"replace or remove it (supported: {SUPPORTED})")
 
 
+class CodedRGB:
+    """An image kept as its integer codes (H, W[, C] uint8/uint16) that reads as a (3, H, W) float32 array in
+    [0, 1]: indexing converts only the part asked for (a tile), so holding a large image costs its 8 or 16 bits
+    per sample instead of 32. Values equal ``codes.astype(float32) / maxval`` exactly; gray is replicated."""
+
+    def __init__(self, codes: np.ndarray, maxval: float):
+        self.codes, self.maxval = codes, np.float32(maxval)
+        self.shape = (3, codes.shape[0], codes.shape[1])
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 3
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        lead = 0
+        while lead < len(key) and key[lead] is None:  # leading new axes (a batch dimension)
+            lead += 1
+        chan, rows, cols = (tuple(key[lead:]) + (slice(None),) * 3)[:3]
+        if self.codes.ndim == 2:
+            block = np.broadcast_to(self.codes[rows, cols][None], (3, *self.codes[rows, cols].shape))[chan]
+        else:
+            block = np.moveaxis(self.codes[rows, cols, :3], -1, 0)[chan]
+        out = block.astype(np.float32) / self.maxval
+        return out.reshape((1,) * lead + out.shape)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self[:, :, :]
+        return arr if dtype is None else arr.astype(dtype)
+
+    def transpose(self, *axes) -> np.ndarray:
+        return np.asarray(self).transpose(*axes)
+
+
 @dataclass
 class LoadedImage:
-    rgb: np.ndarray  # (3, H, W) float32 in [0, 1]
+    rgb: CodedRGB  # reads as (3, H, W) float32 in [0, 1]; held as the file's 8/16-bit codes
     alpha: Optional[np.ndarray]  # (H, W) float32 in [0, 1] or None
     gray: bool
     bits: int  # 8 or 16
@@ -65,35 +97,28 @@ def load_image(path: str | Path) -> LoadedImage:
             mode = im.mode
     except Exception as exc:  # PIL raises many types for truncated, corrupt or non-image files
         raise _unreadable(path, exc) from None
-    bits, alpha = 8, None
+    bits, alpha, gray = 8, None, mode not in ("RGB", "RGBA")
     if mode.startswith("I"):
-        bits = 16
-        gray = arr.astype(np.float32) / 65535.0
-        color = None
+        bits, codes = 16, arr
+        if codes.dtype != np.uint16 and codes.size and 0 <= codes.min() and codes.max() <= 65535:
+            codes = codes.astype(np.uint16)  # mode "I" holds 16-bit PNG values in int32: keep 2 bytes
     elif mode in ("L", "LA"):
-        gray = (arr[..., 0] if mode == "LA" else arr).astype(np.float32) / 255.0
-        color = None
+        codes = arr[..., 0] if mode == "LA" else arr
         if mode == "LA":
             alpha = arr[..., 1].astype(np.float32) / 255.0
     else:
-        color, gray = arr, None
+        codes = arr
         if mode == "RGBA":
             alpha = arr[..., 3].astype(np.float32) / 255.0
-    if gray is not None:
-        h, w = gray.shape
-        rgb = np.empty((3, h, w), np.float32)
-        rgb[:] = gray[None]
-    else:
-        h, w = color.shape[:2]
-        rgb = np.empty((3, h, w), np.float32)
-        for c in range(3):  # channel by channel: no full-size temporaries beyond the result
-            np.divide(color[..., c], 255.0, out=rgb[c], dtype=np.float32)
-    return LoadedImage(rgb, alpha, gray is not None, bits, icc)
+    rgb = CodedRGB(codes, 65535.0 if bits == 16 else 255.0)
+    return LoadedImage(rgb, alpha, gray, bits, icc)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """uint8 H x W x 3 RGB (grayscale replicated, alpha dropped, 16-bit scaled to 8 bits)."""
     rgb = load_image(path).rgb
+    if rgb.maxval == 255 and rgb.codes.ndim == 3:
+        return np.ascontiguousarray(rgb.codes[..., :3])  # the codes themselves: what the rounding below gives
     return np.clip(np.round(rgb.transpose(1, 2, 0) * np.float32(255.0)), 0, 255).astype(np.uint8)
 
 

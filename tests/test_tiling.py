@@ -127,3 +127,47 @@ def test_profile_fit_runner_tiles_pads_and_splits(conv_runner):
     assert out.shape == (1, 3, 18, 24)
     # Padding only changes pixels within the receptive field of the padded border.
     assert rel_l2(out[:, :, :12, :18], conv_runner.infer(small)[:, :, :12, :18]) < 1e-6
+
+
+def test_tiles_summed_in_a_file_equal_the_streamed_rows(tmp_path):
+    """upscale's path (weighted tiles summed in a temporary file) gives the rows infer_rows gives, wrap-around
+    tiles included, and leaves no file behind."""
+    from lipt_export.runtime.spill import ROW_BLOCK_BYTES, infer_rows_spilled
+
+    runner = TiledRunner(TorchRunner(WindowSR(2).eval()), 2, 32, 8, 8)
+    lr = natural_inputs([(70, 45)], seed=5)[0][0]
+    expected = runner.infer_into(lr)
+    got = np.full_like(expected, np.nan)
+    firsts = []
+
+    def sink(r0, block):
+        firsts.append(r0)
+        got[:, r0:r0 + block.shape[1]] = block
+
+    infer_rows_spilled(runner, lr, sink, tmp_path)
+    assert firsts == sorted(firsts) and firsts[0] == 0
+    assert np.abs(got - expected).max() <= 1e-6  # the same terms, summed in another order where 4 tiles meet
+    assert list(tmp_path.iterdir()) == []
+    assert ROW_BLOCK_BYTES >= 4 * 3 * got.shape[2]
+
+
+def test_images_are_held_as_their_codes_and_read_as_the_float_image(tmp_path):
+    from PIL import Image
+
+    from lipt_export.images import load_image, read_rgb
+
+    rng = np.random.default_rng(0)
+    rgb8 = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, (13, 17), dtype=np.uint16)
+    Image.fromarray(rgb8).save(tmp_path / "rgb.png")
+    Image.fromarray(gray16).save(tmp_path / "gray16.png")
+    img = load_image(tmp_path / "rgb.png")
+    assert img.rgb.codes.dtype == np.uint8 and img.rgb.shape == (3, 13, 17)
+    full = rgb8.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+    assert np.array_equal(np.asarray(img.rgb), full)
+    assert np.array_equal(img.rgb[None, :, 2:9, 3:11], full[None, :, 2:9, 3:11])
+    assert np.array_equal(img.rgb[:, 4:6], full[:, 4:6])
+    assert np.array_equal(read_rgb(tmp_path / "rgb.png"), rgb8)
+    g = load_image(tmp_path / "gray16.png")
+    assert g.gray and g.bits == 16 and g.rgb.codes.dtype == np.uint16
+    assert np.array_equal(np.asarray(g.rgb), np.repeat((gray16.astype(np.float32) / np.float32(65535.0))[None], 3, 0))

@@ -288,13 +288,7 @@ class TiledRunner(Runner):
         the bottom rows is kept until the end (at most one tile row)."""
         c, h, w = lr_chw.shape
         s = self.ensure_scale(lr_chw)
-        if self.tile is None:
-            ys, xs = [Arc(0, h, h)], [Arc(0, w, w)]
-            wys, wxs = [np.ones(s * h, np.float32)], [np.ones(s * w, np.float32)]
-        else:
-            th, tw = (self.tile, self.tile) if isinstance(self.tile, int) else self.tile
-            ys, xs = axis_arcs(h, th, self.overlap, self.multiple_of), axis_arcs(w, tw, self.overlap, self.multiple_of)
-            wys, wxs = axis_weights(ys, s, self.blend), axis_weights(xs, s, self.blend)
+        ys, wys, xs, wxs = self._axes(h, w, s)
         order = [i for i, a in enumerate(ys) if a.head] + [i for i, a in enumerate(ys) if not a.head]
         last_step = np.zeros(s * h, np.int64)  # the processing step after which each output row is final
         for step, i in enumerate(order):
@@ -317,12 +311,41 @@ class TiledRunner(Runner):
                 emitted = end
                 pending = [(r0, acc) for r0, acc in pending if r0 + acc.shape[1] > emitted]
 
+    def infer_tiles(self, lr_chw: np.ndarray, add: Callable[[int, int, np.ndarray], None],
+                    progress: Optional[Callable[[int], None]] = None) -> None:
+        """Run every tile and hand its weighted output to ``add(first_row, first_col, block)`` (block: float32
+        (C, rows, cols), split at the wrap-around so it lands on one rectangle of the output). The blocks sum to
+        the tiled output in any order: a caller that keeps the sum elsewhere (a file) needs one tile of memory."""
+        c, h, w = lr_chw.shape
+        s = self.ensure_scale(lr_chw)
+        ys, wys, xs, wxs = self._axes(h, w, s)
+        for ay, wy in zip(ys, wys):
+            for r0, c0, block in self._tile_outputs(lr_chw, ay, wy, xs, wxs, s, progress):
+                add(r0, c0, block)
+
+    def _axes(self, h: int, w: int, s: int):
+        if self.tile is None:
+            return [Arc(0, h, h)], [np.ones(s * h, np.float32)], [Arc(0, w, w)], [np.ones(s * w, np.float32)]
+        th, tw = (self.tile, self.tile) if isinstance(self.tile, int) else self.tile
+        ys, xs = axis_arcs(h, th, self.overlap, self.multiple_of), axis_arcs(w, tw, self.overlap, self.multiple_of)
+        return ys, axis_weights(ys, s, self.blend), xs, axis_weights(xs, s, self.blend)
+
     def _row_of_tiles(self, lr_chw: np.ndarray, ay: Arc, wy: np.ndarray, xs: Sequence[Arc],
                       wxs: Sequence[np.ndarray], s: int, progress) -> List[Tuple[int, np.ndarray]]:
         """The weighted output of one row of tiles, as (first output row, block) per row segment of the arc."""
         c, _, w = lr_chw.shape
         rows = ay.segments()
-        blocks = [np.zeros((c, s * (r1 - r0), s * w), np.float32) for r0, r1 in rows]
+        blocks = {s * r0: np.zeros((c, s * (r1 - r0), s * w), np.float32) for r0, r1 in rows}
+        for r0, c0, part in self._tile_outputs(lr_chw, ay, wy, xs, wxs, s, progress):
+            blocks[r0][:, :, c0:c0 + part.shape[2]] += part
+        return sorted(blocks.items())
+
+    def _tile_outputs(self, lr_chw: np.ndarray, ay: Arc, wy: np.ndarray, xs: Sequence[Arc],
+                      wxs: Sequence[np.ndarray], s: int, progress):
+        """(first output row, first output col, weighted block) for each tile of one row of tiles, each tile
+        split back into the rectangles its stacked (wrapped) segments came from."""
+        c = lr_chw.shape[0]
+        rows = ay.segments()
         th = sum(b - a for a, b in rows)
         for ax, wx in zip(xs, wxs):
             cols = ax.segments()
@@ -333,15 +356,14 @@ class TiledRunner(Runner):
                                  f"{(1, c, s * th, s * tw)}: is the scale {s} right?")
             weighted = y[0] * (wy[:, None] * wx[None, :])
             p = 0
-            for block, (r0, r1) in zip(blocks, rows):  # scatter each stacked block back to where it came from
+            for r0, r1 in rows:  # scatter each stacked block back to where it came from
                 q = 0
                 for c0, c1 in cols:
-                    block[:, :, s * c0:s * c1] += weighted[:, s * p:s * (p + r1 - r0), s * q:s * (q + c1 - c0)]
+                    yield s * r0, s * c0, weighted[:, s * p:s * (p + r1 - r0), s * q:s * (q + c1 - c0)]
                     q += c1 - c0
                 p += r1 - r0
             if progress is not None:
                 progress(1)
-        return [(s * r0, block) for block, (r0, _) in zip(blocks, rows)]
 
 
 class ProfileFitRunner(Runner):

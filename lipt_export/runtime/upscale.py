@@ -27,7 +27,8 @@ import numpy as np
 
 from lipt_export.errors import UpscaleError
 from lipt_export.fileio import save_atomic, writable_dir_problem
-from lipt_export.images import PngWriter, list_images, load_image
+from lipt_export.images import CodedRGB, PngWriter, list_images, load_image
+from lipt_export.runtime.spill import infer_rows_spilled
 
 INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what PIL reads and writes here
 OUTPUT_SUFFIXES = INPUT_SUFFIXES + (".npy",)
@@ -57,7 +58,7 @@ def _to_uint(out: np.ndarray, bits: int, gray: bool) -> np.ndarray:
 def _upscale_alpha(alpha: np.ndarray, scale: int, runner, how: str, progress) -> np.ndarray:
     """The upscaled alpha plane as uint8 (H, W) (1 byte per output pixel)."""
     if how == "model":
-        rgb = np.repeat(alpha[None], 3, axis=0)
+        rgb = CodedRGB(alpha, 1.0)  # the plane read as 3 channels tile by tile, never copied 3 times
         out = np.empty((alpha.shape[0] * scale, alpha.shape[1] * scale), np.uint8)
 
         def sink(r0: int, block: np.ndarray) -> None:
@@ -97,18 +98,22 @@ def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", p
             channels = (1 if img.gray else 3) + (1 if alpha is not None else 0)
 
             def write_npy(tmp: str) -> None:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(s * h, s * w, channels))
+                with open(tmp, "wb") as f:  # rows streamed after the header: no output-sized mapping in memory
+                    np.lib.format.write_array_header_1_0(
+                        f, {"descr": "<f4", "fortran_order": False, "shape": (s * h, s * w, channels)})
 
-                def sink(r0: int, block: np.ndarray) -> None:
-                    n = block.shape[1]
-                    rows = np.tensordot(block, LUMA, axes=([0], [0]))[..., None] if img.gray else block.transpose(1, 2, 0)
-                    arr[r0:r0 + n, :, :rows.shape[2]] = rows
-                    if alpha is not None:
-                        arr[r0:r0 + n, :, -1] = alpha[r0:r0 + n] / np.float32(255.0)
+                    def sink(r0: int, block: np.ndarray) -> None:
+                        n = block.shape[1]
+                        rows = np.empty((n, s * w, channels), np.float32)
+                        if img.gray:
+                            rows[..., 0] = np.tensordot(block, LUMA, axes=([0], [0]))
+                        else:
+                            rows[..., :3] = block.transpose(1, 2, 0)
+                        if alpha is not None:
+                            rows[..., -1] = alpha[r0:r0 + n] / np.float32(255.0)
+                        f.write(rows.tobytes())
 
-                runner.infer_rows(img.rgb, sink, progress=bar.update)
-                arr.flush()
-                del arr
+                    infer_rows_spilled(runner, img.rgb, sink, dst.parent, progress=bar.update)
 
             save_atomic(dst, write_npy)
             return s * w, s * h
@@ -125,7 +130,7 @@ def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", p
                         rows = np.dstack([rows, alpha[r0:r0 + rows.shape[0]]])
                     writer.write(rows)
 
-                runner.infer_rows(img.rgb, sink, progress=bar.update)
+                infer_rows_spilled(runner, img.rgb, sink, dst.parent, progress=bar.update)
                 writer.close()
 
             save_atomic(dst, write_png)
@@ -135,7 +140,7 @@ def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", p
         def fill(r0: int, block: np.ndarray) -> None:
             pixels[r0:r0 + block.shape[1]] = _to_uint(block, bits, img.gray)
 
-        runner.infer_rows(img.rgb, fill, progress=bar.update)
+        infer_rows_spilled(runner, img.rgb, fill, dst.parent, progress=bar.update)
     del img.rgb
     if alpha is not None:
         pixels = np.dstack([pixels, alpha])
