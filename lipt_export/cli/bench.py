@@ -8,7 +8,8 @@ from lipt_export.errors import UsageError
 from lipt_export.fileio import write_json_atomic
 from lipt_export.report import format_table
 from lipt_export.runtime.loader import load_runner
-from lipt_export.validation.bench import expand_artifacts, time_runner
+from lipt_export.runtime.openvino import check_runtime
+from lipt_export.validation.bench import expand_artifacts, interleaved_stats
 from lipt_export.validation.inputs import natural_inputs
 
 
@@ -18,22 +19,32 @@ from lipt_export.validation.inputs import natural_inputs
 @click.option("--runs", default=10, show_default=True, type=int)
 @click.option("--warmup", default=2, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores, max 8).")
+@click.option("--runtimes", default="onnxruntime", show_default=True,
+              help="Comma-separated CPU runtimes for ONNX artifacts: onnxruntime, openvino-f32, openvino-bf16. "
+                   "Runners take turns within every round (interleaved).")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Also write the results here.")
-def command(artifacts, size, runs, warmup, threads, json_path):
-    """Time ARTIFACTS (ONNX files, engines, or export directories = every artifact in them)."""
+def command(artifacts, size, runs, warmup, threads, runtimes, json_path):
+    """Time ARTIFACTS (ONNX files, engines, or export directories = every artifact in them) on each runtime."""
     h, w = parse_size(size)
     if runs < 1:
         raise UsageError("--runs must be at least 1")
+    wanted = [r.strip() for r in runtimes.split(",") if r.strip()]
+    for rt in wanted:
+        check_runtime(rt)
     x = natural_inputs([(h, w)], seed=0)[0]
-    results = []
     paths = [p for a in artifacts for p in expand_artifacts(a)]
+    runners, rows = [], []
     for path in paths:
-        runner = load_runner(path, threads=threads)
-        stats = time_runner(runner, x, runs, warmup)
-        results.append({"artifact": str(path), "precision": runner.precision, "device": runner.device,
-                        **{k: round(v, 3) for k, v in stats.items()}})
-    click.echo(f"LR {h}x{w}, median of {runs} runs after {warmup} warm-ups")
-    click.echo(format_table(("artifact", "precision", "device", "median ms", "min ms", "p90 ms"),
+        for rt in (wanted if str(path).endswith(".onnx") else ["onnxruntime"]):
+            runner = load_runner(path, threads=threads, runtime=rt, tile=0)
+            label = f"{path.name}@onnxruntime" if rt == "onnxruntime" else runner.name  # OpenVINO: as compiled
+            runner.name = f"{path.parent.name}/{label}"
+            runners.append(runner)
+    stats = interleaved_stats(runners, x, runs, warmup)
+    results = [{"artifact": r.name, "precision": r.precision, "device": r.device,
+                **{k: round(v, 3) for k, v in stats[r.name].items()}} for r in runners]
+    click.echo(f"LR {h}x{w}, median of {runs} interleaved rounds after {warmup} warm-ups")
+    click.echo(format_table(("artifact@runtime", "precision", "device", "median ms", "min ms", "p90 ms"),
                             [[r["artifact"], r["precision"], r["device"], f"{r['median_ms']:.1f}",
                               f"{r['min_ms']:.1f}", f"{r['p90_ms']:.1f}"] for r in results]))
     if json_path:

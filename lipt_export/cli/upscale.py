@@ -31,10 +31,14 @@ from lipt_export.runtime.upscale import plan_outputs, remove_stale_temps, upscal
               help="How the alpha channel is upscaled.")
 @click.option("--format", "fmt", default=None, help="Output format for folders (png, jpg, webp, tif, npy).")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime threads (default: all cores, at most 8).")
+@click.option("--runtime", default="onnxruntime", show_default=True,
+              type=click.Choice(["onnxruntime", "openvino-f32", "openvino-bf16"]),
+              help="CPU runtime for ONNX artifacts; OpenVINO with an explicit inference precision (bf16 is a "
+                   "different numerical artifact from the fp32 file; a CPU without bf16 runs f32 and says so).")
 @click.option("--skip-existing", is_flag=True, help="Leave outputs that already exist alone (resume a large folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, threads,
-            skip_existing, quiet):
+            runtime, skip_existing, quiet):
     """Upscale INPUT (an image or a folder of images) with ARTIFACT (export dir, .onnx or .engine) into OUTPUT."""
     pairs, warnings = plan_outputs(Path(input_path), Path(output_path), fmt)
     art = open_artifact(artifact, precision=precision, backend=backend)
@@ -42,7 +46,7 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
     tile_size, ov = art.tiling.resolve(tile, overlap, default_tile=DEFAULT_TILE)
     if art.format == "tensorrt" and tile_size:  # tiles inside the engine's profile: no second tiling
         tile_size = min(tile_size, *art.entry.get("profile")["max"][2:])
-    runner = TiledRunner(runner_for(art, threads=threads), art.scale, tile_size, ov, art.multiple_of)
+    runner = TiledRunner(runner_for(art, threads=threads, runtime=runtime), art.scale, tile_size, ov, art.multiple_of)
     if len(pairs) > 1 or Path(input_path).is_dir():
         Path(output_path).mkdir(parents=True, exist_ok=True)
     else:

@@ -26,6 +26,7 @@ from lipt_export.manifest import (MANIFEST_NAME, ArtifactEntry, IOContract, Mani
                                   onnx_precision, read_manifest)
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.openvino import OV_PRECISIONS, OpenVinoRunner, check_runtime
 from lipt_export.runtime.ort import OnnxRuntimeRunner, ort_providers
 from lipt_export.runtime.tiling import PadToMin, TiledRunner, TilingPolicy
 from lipt_export.runtime.trt import engine_runtime_status, load_engine_runner
@@ -170,9 +171,18 @@ def _sidecar(path: Path) -> Tuple[Optional[Manifest], Optional[ArtifactEntry]]:
 
 def runner_for(art: Artifact, *, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
                model: Optional[str] = None, variant: Optional[str] = None, scale: Optional[int] = None,
-               name: Optional[str] = None) -> Runner:
-    """The runner for one resolved artifact (not tiled)."""
-    if art.format == "onnx":
+               name: Optional[str] = None, runtime: str = "onnxruntime") -> Runner:
+    """The runner for one resolved artifact (not tiled). ``runtime`` (ONNX artifacts): "onnxruntime",
+    "openvino-f32" or "openvino-bf16" (OpenVINO with that inference precision; never OpenVINO's own default)."""
+    check_runtime(runtime)
+    if runtime != "onnxruntime" and art.format != "onnx":
+        raise ArtifactError(f"--runtime {runtime} runs ONNX artifacts; {art.path.name} is {art.format}")
+    if art.format == "onnx" and runtime in OV_PRECISIONS:
+        runner = OpenVinoRunner(art.path, OV_PRECISIONS[runtime], name=name or art.path.name,
+                                precision=art.precision, threads=threads)
+        if art.io is not None and art.io.min_size > 1:
+            runner = PadToMin(runner, art.io.scale, (art.io.min_size, art.io.min_size))
+    elif art.format == "onnx":
         runner = OnnxRuntimeRunner(art.path, name=name or art.path.name, precision=art.precision,
                                    providers=ort_providers(providers), threads=threads)
         if art.io is not None and art.io.min_size > 1:  # tiny images: padded up to the model's minimum
@@ -219,15 +229,16 @@ def io_contract_for(spec: "ModelSpec", arch: "Architecture") -> IOContract:
 def load_runner(path: Any, precision: Optional[str] = None, backend: str = "auto", tile: Optional[int] = None,
                 overlap: Optional[int] = None, providers: Optional[Sequence[str]] = None,
                 threads: Optional[int] = None, model: Optional[str] = None, variant: Optional[str] = None,
-                scale: Optional[int] = None, name: Optional[str] = None) -> Runner:
+                scale: Optional[int] = None, name: Optional[str] = None, runtime: str = "onnxruntime") -> Runner:
     """A ready runner for ``path`` (see the module doc). ``tile``: LR tile size (0 = whole images;
-    None = as the manifest says). ``overlap``: LR pixels shared by neighbouring tiles."""
+    None = as the manifest says). ``overlap``: LR pixels shared by neighbouring tiles. ``runtime``: see
+    :func:`runner_for`."""
     torch = sys.modules.get("torch")  # a module can only be passed if torch is loaded: never import it here
     if torch is not None and isinstance(path, torch.nn.Module):
         return TorchRunner(path, name=name or "eager")
     art = open_artifact(path, precision=precision, backend=backend)
     runner = runner_for(art, providers=providers, threads=threads, model=model, variant=variant, scale=scale,
-                        name=name)
+                        name=name, runtime=runtime)
     wrapped = art.tiling.wrap(runner, art.scale, tile, overlap)
     if isinstance(wrapped, TiledRunner):
         wrapped.artifact = art

@@ -9,19 +9,6 @@ from typing import Dict, List, Tuple
 from lipt_export.runtime.loader import checked_artifact, open_export
 
 
-def time_runner(runner, x, runs: int, warmup: int) -> Dict[str, float]:
-    for _ in range(warmup):
-        runner.infer(x)
-    times: List[float] = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        runner.infer(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return {"median_ms": statistics.median(times), "min_ms": times[0],
-            "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))]}
-
-
 def expand_artifacts(target: str) -> List[Path]:
     """An export directory (or its manifest) stands for every artifact it lists, each checked."""
     p = Path(target)
@@ -32,8 +19,14 @@ def expand_artifacts(target: str) -> List[Path]:
 
 
 def interleaved_ms(runners, x, runs: int, warmup: int = 2) -> Tuple[Dict[str, float], Dict[str, float]]:
-    """(median ms, min ms) per runner name. The runners take turns within every round, so drift or load
-    from other processes on a shared machine hits all of them alike."""
+    """(median ms, min ms) per runner name, from :func:`interleaved_stats`."""
+    stats = interleaved_stats(runners, x, runs, warmup)
+    return ({k: v["median_ms"] for k, v in stats.items()}, {k: v["min_ms"] for k, v in stats.items()})
+
+
+def interleaved_stats(runners, x, runs: int, warmup: int = 2) -> Dict[str, Dict[str, float]]:
+    """{name: {median_ms, min_ms, p90_ms}}. The runners take turns within every round, so drift or load from
+    other processes on a shared machine hits all of them alike."""
     for _ in range(warmup):
         for r in runners:
             r.infer(x)
@@ -43,4 +36,8 @@ def interleaved_ms(runners, x, runs: int, warmup: int = 2) -> Tuple[Dict[str, fl
             t0 = time.perf_counter()
             r.infer(x)
             times[r.name].append((time.perf_counter() - t0) * 1e3)
-    return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})
+    out = {}
+    for name, t in times.items():
+        t.sort()
+        out[name] = {"median_ms": statistics.median(t), "min_ms": t[0], "p90_ms": t[min(len(t) - 1, int(0.9 * len(t)))]}
+    return out

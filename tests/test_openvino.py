@@ -1,0 +1,74 @@
+"""OpenVINO as a CPU runtime: an ONNX export runs on it at an explicit inference precision, the precision it
+really compiled for is named, and its output matches ONNX Runtime's (fp32 gate) at two sizes, one not a multiple
+of the window; `upscale --runtime` and `bench --runtimes` use it from the command line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from helpers.serving_toys import WindowSR, make_export
+from lipt_export.cli import main
+from lipt_export.errors import ArtifactError
+from lipt_export.runtime.loader import load_runner
+from lipt_export.runtime.openvino import openvino_status
+from lipt_export.validation.parity import FP32_REL_L2_LIMIT, rel_l2
+
+pytestmark = pytest.mark.skipif(not openvino_status()[0], reason=openvino_status()[1])
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    return make_export(tmp_path_factory.mktemp("ov"), WindowSR(2), multiple_of=8, name="win-x2")
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 51)])
+def test_openvino_f32_matches_onnxruntime(export_dir, size):
+    x = np.random.default_rng(0).random((1, 3, *size), dtype=np.float32)
+    ref = load_runner(export_dir, tile=0).infer(x)
+    ov = load_runner(export_dir, tile=0, runtime="openvino-f32")
+    assert ov.name.endswith("@openvino-f32") and ov.inference_precision == "f32"
+    y = ov.infer(x)
+    assert y.shape == ref.shape and y.dtype == np.float32
+    assert rel_l2(y, ref) <= FP32_REL_L2_LIMIT
+
+
+def test_bf16_is_asked_for_explicitly_and_what_ran_is_named(export_dir):
+    x = np.random.default_rng(1).random((1, 3, 40, 48), dtype=np.float32)
+    ref = load_runner(export_dir, tile=0).infer(x)
+    ov = load_runner(export_dir, tile=0, runtime="openvino-bf16")
+    assert ov.requested_precision == "bf16" and ov.inference_precision in ("bf16", "f32")
+    if ov.inference_precision == "f32":  # a CPU without bf16: OpenVINO ran f32, and the name says so
+        assert ov.name.endswith("@openvino-f32(asked bf16)")
+        assert rel_l2(ov.infer(x), ref) <= FP32_REL_L2_LIMIT
+    else:
+        assert ov.name.endswith("@openvino-bf16")
+        mse = float(np.mean((np.clip(ov.infer(x), 0, 1) - np.clip(ref, 0, 1)) ** 2))
+        assert 10 * np.log10(1 / mse) > 40  # bf16 keeps ~3 significant digits
+
+
+def test_unknown_runtime_and_runtime_for_an_engine_are_one_line_errors(export_dir):
+    with pytest.raises(ArtifactError, match="unknown runtime 'openvino'"):
+        load_runner(export_dir, runtime="openvino")
+
+
+def test_upscale_and_bench_use_openvino_from_the_cli(export_dir, tmp_path):
+    rgb = (np.random.default_rng(2).random((37, 51, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "in.png")
+    outs = {}
+    for rt in ("onnxruntime", "openvino-f32"):
+        res = CliRunner().invoke(main, ["upscale", str(export_dir), str(tmp_path / "in.png"),
+                                        str(tmp_path / f"{rt}.png"), "--runtime", rt, "-q"])
+        assert res.exit_code == 0, res.output
+        outs[rt] = np.asarray(Image.open(tmp_path / f"{rt}.png"), np.int16)
+    assert "openvino-f32" in res.output
+    assert np.abs(outs["onnxruntime"] - outs["openvino-f32"]).max() <= 1  # 8-bit rounding of fp32 noise
+    res = CliRunner().invoke(main, ["bench", str(export_dir), "--runtimes", "onnxruntime,openvino-f32", "--size",
+                                    "32x32", "--runs", "2", "--warmup", "1", "--json", str(tmp_path / "b.json")])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [r["artifact"].split("@")[1] for r in rows] == ["onnxruntime", "openvino-f32"]
+    assert all(r["median_ms"] > 0 for r in rows)
