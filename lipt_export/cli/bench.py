@@ -33,19 +33,22 @@ def command(artifacts, size, runs, warmup, threads, runtimes, json_path):
         check_runtime(rt)
     x = natural_inputs([(h, w)], seed=0)[0]
     paths = [p for a in artifacts for p in expand_artifacts(a)]
-    runners, rows = [], []
+    runners, sources = [], {}
     for path in paths:
         for rt in (wanted if str(path).endswith(".onnx") else ["onnxruntime"]):
             runner = load_runner(path, threads=threads, runtime=rt, tile=0)
-            label = f"{path.name}@onnxruntime" if rt == "onnxruntime" else runner.name  # OpenVINO: as compiled
-            runner.name = f"{path.parent.name}/{label}"
+            # OpenVINO's runner names the precision it compiled for, e.g. model.onnx@openvino-f32(asked bf16)
+            label = runner.name.split("@", 1)[1] if "@" in runner.name else rt
+            runner.name = f"{path.parent.name}/{path.name}@{label}"
             runners.append(runner)
+            sources[runner.name] = (str(path), label)
     stats = interleaved_stats(runners, x, runs, warmup)
-    results = [{"artifact": r.name, "precision": r.precision, "device": r.device,
+    results = [{"artifact": sources[r.name][0], "runtime": sources[r.name][1], "label": r.name,
+                "precision": r.precision, "device": r.device,
                 **{k: round(v, 3) for k, v in stats[r.name].items()}} for r in runners]
     click.echo(f"LR {h}x{w}, median of {runs} interleaved rounds after {warmup} warm-ups")
     click.echo(format_table(("artifact@runtime", "precision", "device", "median ms", "min ms", "p90 ms"),
-                            [[r["artifact"], r["precision"], r["device"], f"{r['median_ms']:.1f}",
+                            [[r["label"], r["precision"], r["device"], f"{r['median_ms']:.1f}",
                               f"{r['min_ms']:.1f}", f"{r['p90_ms']:.1f}"] for r in results]))
     if json_path:
         write_json_atomic(json_path, {"size": [h, w], "runs": runs, "results": results})
