@@ -4,6 +4,7 @@ for every model family; the precision audit; TensorRT's parser as the lint's ora
 Engines cannot run here (no CUDA): their parity is "pending" and `verify` skips them, saying why."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -120,6 +121,14 @@ def test_verify_passes_then_fails_on_tampering(lipt_precisions, tmp_path):
     assert all(r["status"] == "skipped" and "compute capability" in r["why"] for k, r in rows.items()
                if k.endswith(".engine"))
     assert _cli("verify", d, "--require-all").exit_code == 1  # engines cannot run here
+    if importlib.util.find_spec("openvino") is not None:  # one row per ONNX artifact and runtime
+        _cli("verify", d, "--runtimes", "onnxruntime,openvino-f32", "--json", tmp_path / "ov.json")
+        ov_rows = json.loads((tmp_path / "ov.json").read_text())["rows"]
+        per = {(r["artifact"], r["runtime"]): r for r in ov_rows}
+        for s in ("", ".fp16", ".int8"):
+            assert per[(f"model{s}.onnx", "onnxruntime")]["status"] == "pass"
+            assert per[(f"model{s}.onnx", "openvino-f32")]["psnr_db"] > 30
+        assert per[("model.onnx", "openvino-f32")]["status"] == "pass"  # the fp32 file at f32: the fp32 gate
     for victim in ("model.onnx", "model.int8.engine"):
         copy = tmp_path / victim.replace(".", "_")
         shutil.copytree(d, copy)
