@@ -24,7 +24,8 @@ from lipt_export.runtime.upscale import plan_outputs, remove_stale_temps, upscal
               help="auto = the TensorRT engine when the export has one and TensorRT works, else ONNX Runtime.")
 @click.option("--tile", default=None, type=int, help="LR tile size in pixels; 0 = whole image (default: the "
               f"manifest's recommended tile when the model requires tiling, else {DEFAULT_TILE}; smaller images run "
-              "whole). Memory is bounded by the tile rows x the image width (PNG/.npy outputs are streamed).")
+              "whole). Memory is bounded by the tile: tiles are summed in a temp file beside the output (PNG/.npy outputs "
+              "are streamed from it).")
 @click.option("--overlap", default=None, type=int, help="LR pixels shared by neighbouring tiles (default: the "
               "manifest's, at least 8 windows for windowed models, e.g. 64 for LIPT).")
 @click.option("--alpha", "alpha_mode", default="bicubic", show_default=True, type=click.Choice(["bicubic", "model"]),

@@ -24,6 +24,8 @@ whether tiling is required); export writes it into the manifest and every consum
 Memory. :meth:`TiledRunner.infer_rows` runs one row of tiles at a time and hands finished output rows to a
 sink, so working memory is about three rows of tiles of output (tile rows x output width), never the whole
 output; :meth:`TiledRunner.infer_into` collects them into one array for callers that want it.
+:meth:`TiledRunner.infer_tiles` hands over each weighted tile instead, for a caller that keeps the sum elsewhere
+(``upscale``: a temporary file, so memory is one tile whatever the output size).
 """
 from __future__ import annotations
 

@@ -12,9 +12,10 @@ Colour handling, as users expect from an upscaler (images are read by :func:`lip
 * EXIF orientation is applied; ICC profiles are kept. ``.npy`` outputs hold the raw float32 HWC result
   (unclamped), for analysis.
 
-Memory: the LR image is read once as float32; output rows arrive from :meth:`TiledRunner.infer_rows` as soon as
-they are final and are encoded straight away for PNG (streamed) and ``.npy`` (a memory-mapped file), or collected
-as 8-bit for the formats PIL must encode whole. Files are written to a temp name and renamed, so a failed or
+Memory: the LR image is held as its 8/16-bit codes and converted per tile; the tiles' weighted outputs are summed
+in a temporary file beside the output (:mod:`lipt_export.runtime.spill`) and read back in row blocks, encoded
+straight away for PNG (streamed) and ``.npy`` (rows after the header), or collected as 8-bit for the formats PIL
+must encode whole. Files are written to a temp name and renamed, so a failed or
 interrupted run never leaves a half-written image.
 """
 from __future__ import annotations
@@ -77,9 +78,9 @@ def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", p
                  warn=None) -> Tuple[int, int]:
     """Upscale one file with a TiledRunner; returns the output (width, height).
 
-    Memory: the LR image (float32), the tiles in flight (:meth:`TiledRunner.infer_rows` hands over finished
-    rows), and the output's own encoding: PNG (and ``.npy``, a memory-mapped file) are written row block by row
-    block, so no whole output image is held; JPEG/WebP/TIFF/BMP are encoded by PIL from a whole 8-bit image."""
+    Memory: the LR image (its 8/16-bit codes), one tile in flight (the sum lives in a temporary file), and the
+    output's own encoding: PNG and ``.npy`` are written row block by row block, so no whole output image is held;
+    JPEG/WebP/TIFF/BMP are encoded by PIL from a whole 8-bit image."""
     from PIL import Image
     from tqdm import tqdm
 
