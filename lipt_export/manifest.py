@@ -178,11 +178,15 @@ class Manifest:
     root: Optional[Path] = field(default=None, compare=False)  # the export directory it was read from
     # golden.npz: inputs and the eager model's outputs, so `lipt-export verify` can check every artifact later
     golden: Mapping[str, Any] = field(default_factory=dict)
+    # per precision: the CPU runtime measured fastest at export within the file's own numerics, with the
+    # machine it was measured on (`upscale --runtime auto` trusts it only on the same machine)
+    runtime_choice: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "export", _frozen(self.export))
         object.__setattr__(self, "artifacts", tuple(self.artifacts))
         object.__setattr__(self, "golden", _frozen(self.golden))
+        object.__setattr__(self, "runtime_choice", _frozen(self.runtime_choice))
 
     # -- building --------------------------------------------------------------------------------------
     @classmethod
@@ -239,12 +243,14 @@ class Manifest:
              "artifacts": [a.to_dict() for a in self.artifacts]}
         if self.golden:
             d["golden"] = _plain(self.golden)
+        if self.runtime_choice:
+            d["runtime_choice"] = _plain(self.runtime_choice)
         return d
 
     def description(self) -> Dict[str, Any]:
         """Everything but the artifact list (what each ONNX file carries in its metadata)."""
         d = self.to_dict()
-        for key in ("artifacts", "created", "golden"):
+        for key in ("artifacts", "created", "golden", "runtime_choice"):
             d.pop(key, None)
         return d
 
@@ -272,7 +278,10 @@ class Manifest:
         if golden and not (isinstance(golden, Mapping) and isinstance(golden.get("path"), str)
                            and isinstance(golden.get("sha256"), str)):
             raise ManifestError(f"{origin}: 'golden' needs a path and a sha256; re-export")
-        return cls(model, io, d.get("export") or {}, entries, str(d.get("created", "")), root, golden)
+        choice = d.get("runtime_choice") or {}
+        if not isinstance(choice, Mapping) or not all(isinstance(v, Mapping) for v in choice.values()):
+            raise ManifestError(f"{origin}: 'runtime_choice' must map precisions to records; re-export")
+        return cls(model, io, d.get("export") or {}, entries, str(d.get("created", "")), root, golden, choice)
 
 
 def versions() -> Dict[str, str]:

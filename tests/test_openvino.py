@@ -72,3 +72,42 @@ def test_upscale_and_bench_use_openvino_from_the_cli(export_dir, tmp_path):
     rows = json.loads((tmp_path / "b.json").read_text())["results"]
     assert [r["runtime"] for r in rows] == ["onnxruntime", "openvino-f32"]
     assert all(r["median_ms"] > 0 for r in rows)
+
+
+@pytest.fixture(scope="module")
+def lipt_dir(tmp_path_factory):
+    from lipt_export.export.pipeline import ExportConfig, run_export
+
+    out = tmp_path_factory.mktemp("auto")
+    return run_export(ExportConfig(model="lipt", variant="tiny", scale=2, out=str(out), backend="onnxruntime")).out_dir
+
+
+def test_export_measures_the_cpu_runtime_and_upscale_auto_uses_it(lipt_dir, tmp_path):
+    import shutil
+
+    from lipt_export.manifest import read_manifest
+    from lipt_export.validation.runtime_choice import machine_fingerprint
+
+    record = read_manifest(lipt_dir).runtime_choice["fp32"]
+    assert record["machine"] == machine_fingerprint()
+    cands = {c["runtime"]: c for c in record["candidates"]}
+    assert set(cands) == {"onnxruntime", "openvino-f32"}
+    assert all(c["within_budget"] and c["rel_l2"] <= 1e-4 and c["median_ms"] > 0 for c in cands.values())
+    assert record["runtime"] == min(cands, key=lambda k: cands[k]["median_ms"])
+    Image.fromarray((np.random.default_rng(3).random((30, 41, 3)) * 255).astype(np.uint8)).save(tmp_path / "in.png")
+    res = CliRunner().invoke(main, ["upscale", str(lipt_dir), str(tmp_path / "in.png"), str(tmp_path / "o.png"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert f"runtime: {record['runtime']} (auto, measured at export on this machine" in res.output
+    # another machine's record is not trusted: measured again, and said so (the export is not rewritten)
+    moved = tmp_path / "moved"
+    shutil.copytree(lipt_dir, moved)
+    data = json.loads((moved / "manifest.json").read_text())
+    data["runtime_choice"]["fp32"]["machine"] = "another CPU x64; onnxruntime 0.0"
+    (moved / "manifest.json").write_text(json.dumps(data))
+    before = (moved / "manifest.json").read_bytes()
+    res = CliRunner().invoke(main, ["upscale", str(moved), str(tmp_path / "in.png"), str(tmp_path / "p.png"), "-q"])
+    assert res.exit_code == 0 and "measured now (the export's record is from another machine)" in res.output, res.output
+    assert (moved / "manifest.json").read_bytes() == before
+    res = CliRunner().invoke(main, ["upscale", str(lipt_dir / "model.onnx"), str(tmp_path / "in.png"),
+                                    str(tmp_path / "q.png"), "-q"])
+    assert res.exit_code == 0, res.output

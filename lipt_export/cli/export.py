@@ -116,6 +116,7 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
 
 def print_summary(result) -> None:
     from lipt_export.export.summary import ARTIFACT_HEADER, ENGINE_HEADER, engine_rows, summary_rows  # deferred: as above
+    from lipt_export.validation.runtime_choice import runtime_summary  # deferred: as above
 
     man = result.manifest
     click.echo("")
@@ -140,6 +141,10 @@ def print_summary(result) -> None:
             click.echo(f"  these engines run on GPUs of compute capability {caps} with TensorRT-RTX "
                        f"{engines[0].get('tensorrt_version')}; check them there with `lipt-export verify "
                        f"{result.out_dir}`")
+    choice = man.runtime_choice.get("fp32")
+    if choice:
+        click.echo(f"cpu runtime: {choice['runtime']} for model.onnx (`upscale --runtime auto`; fastest within "
+                   f"the file's own numerics here: {runtime_summary(choice)})")
     click.echo("")
     click.echo(format_table(("stage", "seconds"), [[k, f"{v:.2f}"] for k, v in result.timings.items()]))
     click.echo(f"\nmanifest: {result.out_dir / 'manifest.json'}   report: {result.out_dir / 'report.md'}")

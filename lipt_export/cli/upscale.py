@@ -12,6 +12,8 @@ from lipt_export.errors import LiptExportError, UpscaleError
 from lipt_export.runtime.loader import open_artifact, runner_for
 from lipt_export.runtime.tiling import DEFAULT_TILE, TiledRunner
 from lipt_export.runtime.upscale import plan_outputs, remove_stale_temps, upscale_file
+from lipt_export.validation.runtime_choice import resolve_runtime
+
 
 
 @click.command("upscale")
@@ -32,10 +34,12 @@ from lipt_export.runtime.upscale import plan_outputs, remove_stale_temps, upscal
               help="How the alpha channel is upscaled.")
 @click.option("--format", "fmt", default=None, help="Output format for folders (png, jpg, webp, tif, npy).")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime threads (default: all cores, at most 8).")
-@click.option("--runtime", default="onnxruntime", show_default=True,
-              type=click.Choice(["onnxruntime", "openvino-f32", "openvino-bf16"]),
-              help="CPU runtime for ONNX artifacts; OpenVINO with an explicit inference precision (bf16 is a "
-                   "different numerical artifact from the fp32 file; a CPU without bf16 runs f32 and says so).")
+@click.option("--runtime", default="auto", show_default=True,
+              type=click.Choice(["auto", "onnxruntime", "openvino-f32", "openvino-bf16"]),
+              help="CPU runtime for ONNX artifacts. auto: the fastest that keeps the file's own numerics (ONNX "
+                   "Runtime or OpenVINO f32), as measured at export on this machine (else measured now); it says "
+                   "which. openvino-bf16 is a different numerical artifact, used only when named (a CPU without "
+                   "bf16 runs f32 and says so).")
 @click.option("--skip-existing", is_flag=True, help="Leave outputs that already exist alone (resume a large folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, threads,
@@ -47,6 +51,7 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
     tile_size, ov = art.tiling.resolve(tile, overlap, default_tile=DEFAULT_TILE)
     if art.format == "tensorrt" and tile_size:  # tiles inside the engine's profile: no second tiling
         tile_size = min(tile_size, *art.entry.get("profile")["max"][2:])
+    runtime, why = resolve_runtime(art, runtime, threads)
     runner = TiledRunner(runner_for(art, threads=threads, runtime=runtime), art.scale, tile_size, ov, art.multiple_of)
     if len(pairs) > 1 or Path(input_path).is_dir():
         Path(output_path).mkdir(parents=True, exist_ok=True)
@@ -70,6 +75,8 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
         click.echo(f"lipt-export: warning: {w}", err=True)
     done = len(todo) - len(failures)
     tile_txt = f"tile {runner.tile} overlap {runner.overlap}" if runner.tile else "whole image"
+    if why:
+        click.echo(f"runtime: {runtime} (auto, {why})")
     click.echo(f"upscaled {done} image(s) x{runner.scale} with {runner.runner.name} on {runner.device} ({tile_txt}) "
                f"-> {output_path} in {time.perf_counter() - t0:.1f}s")
     if len(pairs) > 1 or skipped:

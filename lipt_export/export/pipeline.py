@@ -48,6 +48,7 @@ from lipt_export.runtime.trt import tensorrt_rtx_status, tensorrt_status
 from lipt_export.validation.extras import parity_extras_for
 from lipt_export.validation.inputs import natural_inputs
 from lipt_export.validation.parity import FP32_REL_L2_LIMIT, Parity, compare, fp32_parity_ok, rel_l2
+from lipt_export.validation.runtime_choice import measure_runtime_choice
 
 logger = logging.getLogger(__name__)
 
@@ -369,13 +370,16 @@ def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, re
             with stage("lint"):
                 entries = lint_stage(tmp_dir, entries)
         golden = write_golden(tmp_dir, parity_inputs, reference)
+        with stage("runtime"):  # which CPU runtime runs the fp32 file fastest here, for `upscale --runtime auto`
+            runtime_choice = {"fp32": measure_runtime_choice(fp32_path, "fp32", parity_inputs)}
         engines: List[ArtifactEntry] = []
         if engine_backend != "onnxruntime":
             with stage("engine"):
                 engines = build_engines_for_export(tmp_dir, entries, manifest, cfg.engine, parity_inputs, reference,
                                                    flavor=engine_backend,
                                                    claims=lambda e: precision_claims(tmp_dir, e))
-        manifest = replace(manifest.with_artifacts([*entries, *engines]), golden=golden).with_export(
+        manifest = replace(manifest.with_artifacts([*entries, *engines]), golden=golden,
+                           runtime_choice=runtime_choice).with_export(
             engines={"backend": engine_backend, "why": backend_why},
             timings_s={k: round(v, 3) for k, v in stage.timings.items()})
         write_manifest(tmp_dir, manifest)
