@@ -4,6 +4,7 @@ report, LR made by imresize vs LR files, and one clear error line for each bad i
 Model: SMSR x2 with ``init_for_tests`` weights (eager) and its ONNX export (ONNX Runtime)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -160,3 +161,20 @@ def test_checkpoint_for_another_scale(dataset, demo, tmp_path):
     res = _cli(["--model", "smsr", "--scale", "3", "--no-eager", "--dataset", str(dataset),
                 "--artifact", str(onnx_path)])
     _assert_one_line_error(res, "x2", "--scale 2")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_eval_reports_each_artifact_on_each_runtime(dataset, demo, tmp_path):
+    _, ckpt, onnx_path = demo
+    out_json = tmp_path / "eval.json"
+    res = _cli(["--model", "smsr", "--scale", "2", "--weights", str(ckpt), "--dataset", str(dataset),
+                "--artifact", str(onnx_path), "--runtimes", "onnxruntime,openvino-f32", "--json", str(out_json)])
+    assert res.exit_code == 0, res.output
+    eager, ort_row, ov_row = json.loads(out_json.read_text())["results"]
+    assert ort_row["artifact"] == "smsr-base-x2/model.onnx" and ort_row["runtime"] == "onnxruntime"
+    assert ov_row["artifact"] == "smsr-base-x2/model.onnx@openvino-f32" and ov_row["runtime"] == "openvino-f32"
+    assert ov_row["kind"] == "openvino" and ov_row["images"] == 3
+    assert abs(ov_row["delta_psnr_y"]) < 0.01  # the fp32 file at f32: the same numbers
+    bad = CliRunner().invoke(main, ["eval", "--model", "smsr", "--scale", "2", "--dataset", str(dataset),
+                                    "--artifact", str(onnx_path), "--runtimes", "openvino"])
+    assert bad.exit_code == 2 and "unknown runtime 'openvino'" in bad.stderr

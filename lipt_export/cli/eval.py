@@ -31,12 +31,16 @@ from lipt_export.validation.evaluate import format_results, run_eval
               help="Also compute model-specific parity figures on the dataset (SMSR: spatial-mask flips).")
 @click.option("--limit", default=None, type=int, help="Only the first N images (sorted by name).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the demo weights.")
+@click.option("--runtimes", default="onnxruntime", show_default=True,
+              help="Comma-separated CPU runtimes for the ONNX artifacts (onnxruntime, openvino-f32, openvino-bf16): "
+                   "one row per artifact and runtime.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Write the results as JSON here.")
 def command(model, variant, scale, weights, config_file, agileir_attention, dataset, lr_dir, artifacts, no_eager,
-            tile, parity_extras, limit, seed, json_path):
+            tile, parity_extras, limit, seed, runtimes, json_path):
     """PSNR-Y/SSIM-Y of the eager model and of each artifact on an SR benchmark folder."""
     report = run_eval(model, variant, scale, weights, dataset, lr_dir, artifacts, no_eager, tile, parity_extras,
-                      limit, seed, config_file=config_file, options=arch_options(model, agileir_attention))
+                      limit, seed, config_file=config_file, options=arch_options(model, agileir_attention),
+                      runtimes=[r.strip() for r in runtimes.split(",") if r.strip()])
     for note in report["notes"]:
         click.echo(f"lipt-export: note: {note}", err=True)
     click.echo(format_results(report))

@@ -26,6 +26,7 @@ from lipt_export.report import format_table
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.loader import open_onnx_artifacts, tiling_for
+from lipt_export.runtime.openvino import OV_PRECISIONS, OpenVinoRunner, check_runtime
 from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.runtime.tiling import DEFAULT_TILE, TiledRunner
 from lipt_export.validation.datasets import open_dataset
@@ -131,9 +132,13 @@ def load_eager(model: str, variant: Optional[str], scale: int, weights: Optional
 
 
 def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optional[int] = None,
-                     weights_sha: Optional[str] = None) -> Tuple[List[EvalTarget], List[str]]:
-    """ONNX runners for ``paths`` (export dirs / manifest.json expand to all their ONNX artifacts) and
-    notes (skipped engines, weight mismatches)."""
+                     weights_sha: Optional[str] = None, runtimes: Sequence[str] = ("onnxruntime",)
+                     ) -> Tuple[List[EvalTarget], List[str]]:
+    """Runners for ``paths`` (export dirs / manifest.json expand to all their ONNX artifacts), one per artifact
+    and CPU runtime (an execution is numerically an artifact of its own: a bf16 run of the fp32 file is not the
+    fp32 file), and notes (skipped engines, weight mismatches)."""
+    for rt in runtimes:
+        check_runtime(rt)
     targets: List[EvalTarget] = []
     notes: List[str] = []
     for raw in paths:
@@ -144,15 +149,23 @@ def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optiona
         w = man.model.weights if man else {}
         if weights_sha and w.get("sha256") and w["sha256"] != weights_sha:
             notes.append(f"{label}: exported from different weights ({w.get('path')}) than --weights")
-        for art in arts:
-            # no arena: several sessions over images of varying size would each keep their largest run's memory
-            runner = OnnxRuntimeRunner(art.path, name=f"{label}/{art.path.name}", precision=art.precision,
-                                       memory_arena=False)
+        for art, rt in ((a, r) for a in arts for r in runtimes):
+            if rt == "onnxruntime":
+                # no arena: several sessions over images of varying size would each keep their largest run's memory
+                runner = OnnxRuntimeRunner(art.path, name=f"{label}/{art.path.name}", precision=art.precision,
+                                           memory_arena=False)
+                kind = rt
+            else:
+                runner = OpenVinoRunner(art.path, OV_PRECISIONS[rt], name=f"{label}/{art.path.name}",
+                                        precision=art.precision)
+                kind = runner.name.split("@", 1)[1]  # the precision OpenVINO compiled for
+            name = f"{label}/{art.path.name}" + ("" if rt == "onnxruntime" else f"@{kind}")
             runner = art.tiling.wrap(runner, scale, tile, default_tile=DEFAULT_TILE)
-            info = {"path": str(art.path)}
+            info = {"path": str(art.path), "runtime": kind}
             if isinstance(runner, TiledRunner):
                 info["tile"] = runner.tile
-            targets.append(EvalTarget(runner, f"{label}/{art.path.name}", art.precision, "onnxruntime", info))
+            targets.append(EvalTarget(runner, name, art.precision, "onnxruntime" if rt == "onnxruntime" else
+                                      "openvino", info))
     return targets, notes
 
 
@@ -185,7 +198,8 @@ def extras_for(spec, deploy, targets: Sequence[EvalTarget], dataset_dir, scale: 
 def run_eval(model: str, variant: Optional[str], scale: int, weights: Optional[str], dataset: str,
              lr_dir: Optional[str] = None, artifacts: Sequence[str] = (), no_eager: bool = False,
              tile: Optional[int] = None, parity_extras: bool = False, limit: Optional[int] = None, seed: int = 0,
-             config_file: Optional[str] = None, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+             config_file: Optional[str] = None, options: Optional[Dict[str, Any]] = None,
+             runtimes: Sequence[str] = ("onnxruntime",)) -> Dict[str, Any]:
     """The eval command as a function: builds the eager reference and the artifact runners, scores them all.
     ``report["notes"]`` lists what the caller should tell the user (demo weights, skipped engines, ...)."""
     open_dataset(dataset, scale, lr_dir=lr_dir, limit=limit)  # fail on the data before loading anything
@@ -194,7 +208,7 @@ def run_eval(model: str, variant: Optional[str], scale: int, weights: Optional[s
     spec = get_spec(model)
     resolve_variant(spec, variant or spec.default_variant, scale)  # bad --variant/--scale: before any work
     weights_sha = sha256_file(weights) if weights and Path(weights).is_file() else None
-    arts, notes = artifact_targets(artifacts, spec.name, scale, tile, weights_sha=weights_sha)
+    arts, notes = artifact_targets(artifacts, spec.name, scale, tile, weights_sha=weights_sha, runtimes=runtimes)
     deploy, info, arch = None, {"source": "none"}, None
     if not no_eager or parity_extras:
         spec, arch, deploy, info = load_eager(model, variant, scale, weights, seed, config_file, options)
