@@ -218,3 +218,16 @@ def test_auto_backend_picks_tensorrt_rtx_and_says_why(tmp_path):
     res = _cli("--model", "lipt", "--variant", "tiny", "--scale", 2, "--backend", "tensorrt-rtx",
                "--compute-capabilities", "9.0", "--out", tmp_path / "x")
     assert res.exit_code == 2 and "cannot target compute capability 9.0" in res.stderr
+
+
+def test_int8_is_marked_recommended_or_not_from_measured_latencies(lipt_precisions):
+    """The export times every ONNX precision on its CPU runtime and says whether INT8 earns its place."""
+    d, output = lipt_precisions
+    man = json.loads((d / "manifest.json").read_text())
+    int8 = next(a for a in man["artifacts"] if a["format"] == "onnx" and a["precision"] == "int8")
+    speed = int8["speed"]
+    assert set(speed["median_ms"]) == {"fp32", "fp16", "int8"} and all(v > 0 for v in speed["median_ms"].values())
+    faster = speed["median_ms"]["int8"] < min(speed["median_ms"]["fp32"], speed["median_ms"]["fp16"])
+    assert int8["recommended"] is faster
+    assert ("int8: recommended" if faster else "int8: NOT recommended") in output
+    assert "cpu runtime: " in output and man["runtime_choice"]["fp32"]["runtime"] in ("onnxruntime", "openvino-f32")

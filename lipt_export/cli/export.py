@@ -141,6 +141,14 @@ def print_summary(result) -> None:
             click.echo(f"  these engines run on GPUs of compute capability {caps} with TensorRT-RTX "
                        f"{engines[0].get('tensorrt_version')}; check them there with `lipt-export verify "
                        f"{result.out_dir}`")
+    for e in man.select("onnx", "int8"):
+        speed = e.get("speed") or {}
+        if speed:
+            ms = speed["median_ms"]
+            verdict = "recommended" if e.get("recommended") else "NOT recommended (no faster than " + \
+                min((k for k in ms if k != "int8"), key=ms.get) + ")"
+            click.echo(f"int8: {verdict} on {speed['runtime']} here, {speed['probe_hw'][0]}x{speed['probe_hw'][1]}: "
+                       + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
     choice = man.runtime_choice.get("fp32")
     if choice:
         click.echo(f"cpu runtime: {choice['runtime']} for model.onnx (`upscale --runtime auto`; fastest within "

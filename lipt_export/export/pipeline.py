@@ -48,7 +48,7 @@ from lipt_export.runtime.trt import tensorrt_rtx_status, tensorrt_status
 from lipt_export.validation.extras import parity_extras_for
 from lipt_export.validation.inputs import natural_inputs
 from lipt_export.validation.parity import FP32_REL_L2_LIMIT, Parity, compare, fp32_parity_ok, rel_l2
-from lipt_export.validation.runtime_choice import measure_runtime_choice
+from lipt_export.validation.runtime_choice import int8_recommendation, measure_runtime_choice
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +293,16 @@ def parity_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry], prepared: Prep
     return out, results, reference
 
 
+def int8_speed_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry], inputs) -> List[ArtifactEntry]:
+    """Marks the INT8 ONNX ``recommended`` (or not) with the measured latencies of every ONNX precision."""
+    onnx = {e.precision: tmp_dir / e.path for e in entries if e.format == "onnx"}
+    if "int8" not in onnx:
+        return list(entries)
+    speed = int8_recommendation(onnx, inputs)
+    return [e.with_details(recommended=speed["recommended"], speed=speed) if e.format == "onnx" and
+            e.precision == "int8" else e for e in entries]
+
+
 def lint_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry]) -> List[ArtifactEntry]:
     return [e.with_details(lint=lint_onnx(tmp_dir / e.path).summary()) for e in entries]
 
@@ -372,6 +382,7 @@ def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, re
         golden = write_golden(tmp_dir, parity_inputs, reference)
         with stage("runtime"):  # which CPU runtime runs the fp32 file fastest here, for `upscale --runtime auto`
             runtime_choice = {"fp32": measure_runtime_choice(fp32_path, "fp32", parity_inputs)}
+            entries = int8_speed_stage(tmp_dir, entries, parity_inputs)
         engines: List[ArtifactEntry] = []
         if engine_backend != "onnxruntime":
             with stage("engine"):

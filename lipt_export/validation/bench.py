@@ -24,15 +24,25 @@ def interleaved_ms(runners, x, runs: int, warmup: int = 2) -> Tuple[Dict[str, fl
     return ({k: v["median_ms"] for k, v in stats.items()}, {k: v["min_ms"] for k, v in stats.items()})
 
 
-def interleaved_stats(runners, x, runs: int, warmup: int = 2) -> Dict[str, Dict[str, float]]:
+# Between two timed runs: ONNX Runtime's intra-op threads spin after a run; without a pause they steal the cores
+# from the next runner (measured: SMSR x2 fp32 82 ms alone, 129 ms interleaved with two other sessions, 84 ms
+# with a 0.1 s pause).
+PAUSE_S = 0.1
+
+
+def interleaved_stats(runners, x, runs: int, warmup: int = 2, pause_s: float = PAUSE_S
+                      ) -> Dict[str, Dict[str, float]]:
     """{name: {median_ms, min_ms, p90_ms}}. The runners take turns within every round, so drift or load from
-    other processes on a shared machine hits all of them alike."""
+    other processes on a shared machine hits all of them alike; ``pause_s`` before each timed run lets the
+    previous runner's spinning threads park."""
     for _ in range(warmup):
         for r in runners:
             r.infer(x)
     times: Dict[str, List[float]] = {r.name: [] for r in runners}
     for _ in range(runs):
         for r in runners:
+            if pause_s and len(runners) > 1:
+                time.sleep(pause_s)
             t0 = time.perf_counter()
             r.infer(x)
             times[r.name].append((time.perf_counter() - t0) * 1e3)

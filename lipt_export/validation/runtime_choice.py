@@ -121,3 +121,23 @@ def resolve_runtime(art, runtime: str, threads: Optional[int] = None) -> Tuple[s
     if art.entry is None or art.manifest is None or art.manifest.root is None:
         return "onnxruntime", "a bare ONNX file: nothing measured"
     return choose_runtime(art.manifest, art.entry, art.path, threads)
+
+
+def int8_recommendation(paths: Dict[str, Path], inputs: Sequence[np.ndarray], threads: Optional[int] = None,
+                        runs: int = 3) -> Dict[str, Any]:
+    """Whether the INT8 file earns its place on the runtime the export targets on the CPU (ONNX Runtime):
+    ``paths`` maps precision -> ONNX file (fp32, int8, and fp16 when exported); all run interleaved on the
+    largest golden input. ``recommended`` is true only when INT8 is faster than every other precision."""
+    probe = max(inputs, key=lambda x: x.size)
+    runners = []
+    for precision, path in paths.items():
+        r = OnnxRuntimeRunner(path, threads=threads, precision=precision)
+        r.name = precision
+        runners.append(r)
+    stats = interleaved_stats(runners, probe, runs, warmup=1)
+    ms = {k: round(v["median_ms"], 2) for k, v in stats.items()}
+    others = {k: v for k, v in ms.items() if k != "int8"}
+    fastest = min(others, key=others.get)
+    return {"recommended": bool(ms["int8"] < others[fastest]), "runtime": "onnxruntime",
+            "probe_hw": list(probe.shape[2:]), "median_ms": ms,
+            "speedup_vs_" + fastest: round(others[fastest] / ms["int8"], 2), "machine": machine_fingerprint()}
