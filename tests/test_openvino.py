@@ -3,6 +3,7 @@ really compiled for is named, and its output matches ONNX Runtime's (fp32 gate) 
 of the window; `upscale --runtime` and `bench --runtimes` use it from the command line."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -66,12 +67,6 @@ def test_upscale_and_bench_use_openvino_from_the_cli(export_dir, tmp_path):
         outs[rt] = np.asarray(Image.open(tmp_path / f"{rt}.png"), np.int16)
     assert "openvino-f32" in res.output
     assert np.abs(outs["onnxruntime"] - outs["openvino-f32"]).max() <= 1  # 8-bit rounding of fp32 noise
-    res = CliRunner().invoke(main, ["bench", str(export_dir), "--runtimes", "onnxruntime,openvino-f32", "--size",
-                                    "32x32", "--runs", "2", "--warmup", "1", "--json", str(tmp_path / "b.json")])
-    assert res.exit_code == 0, res.output
-    rows = json.loads((tmp_path / "b.json").read_text())["results"]
-    assert [r["runtime"] for r in rows] == ["onnxruntime", "openvino-f32"]
-    assert all(r["median_ms"] > 0 for r in rows)
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +106,27 @@ def test_export_measures_the_cpu_runtime_and_upscale_auto_uses_it(lipt_dir, tmp_
     res = CliRunner().invoke(main, ["upscale", str(lipt_dir / "model.onnx"), str(tmp_path / "in.png"),
                                     str(tmp_path / "q.png"), "-q"])
     assert res.exit_code == 0, res.output
+
+
+def test_bench_rows_eager_naive_and_every_artifact_on_every_runtime(lipt_dir, tmp_path):
+    """`bench` on a real export: eager train/deploy graphs, the naive ONNX of the train graph, each artifact on
+    each runtime, with GMAC from the graphs, the achieved rate against the measured peak, JSON and a plot."""
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    res = CliRunner().invoke(main, ["bench", str(lipt_dir), "--sizes", "32x32,37x51", "--runs", "2", "--json", str(js),
+                                    *(["--plot", str(png)] if importlib.util.find_spec("matplotlib") else [])])
+    assert res.exit_code == 0, res.output
+    data = json.loads(js.read_text())
+    rows = {r["row"]: r for r in data["rows"]}
+    assert list(rows)[:3] == ["eager train graph", "eager deploy graph", "naive ONNX (train graph)"]
+    assert {"model.onnx @ onnxruntime", "model.onnx @ openvino-f32"} <= set(rows)
+    assert data["inputs"] == [[32, 32], [37, 51]] and data["peak_gflops_fp32"] > 0
+    train, deploy = rows["eager train graph"], rows["eager deploy graph"]
+    assert train["gmac"] > deploy["gmac"] > 0  # reparameterization removes the HRM branches' MACs
+    assert rows["naive ONNX (train graph)"]["gmac"] == train["gmac"]
+    for r in rows.values():
+        assert r["median_ms"] > 0 and r["gflops"] == pytest.approx(2 * r["gmac"] / (r["median_ms"] / 1e3))
+        assert r["speedup_vs_deploy"] == pytest.approx(deploy["median_ms"] / r["median_ms"])
+    assert rows["model.onnx @ onnxruntime"]["psnr_vs_golden"] > 100  # the fp32 file against the eager outputs
+    assert "naive ONNX (train graph)" in res.output
+    if importlib.util.find_spec("matplotlib"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

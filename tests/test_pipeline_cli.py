@@ -194,11 +194,12 @@ def test_help_lists_models_variants_scales():
 def test_bench_command_times_every_artifact(exported, tmp_path):
     out_dir, _ = exported
     js = tmp_path / "bench.json"
-    res = _invoke(["bench", str(out_dir), "--size", "32x40", "--runs", "2", "--warmup", "1", "--json", str(js)])
+    res = _invoke(["bench", str(out_dir), "--sizes", "32x40", "--runs", "2", "--warmup", "1", "--runtimes",
+                   "onnxruntime", "--no-eager", "--json", str(js)])
     assert res.exit_code == 0, res.output
     data = json.loads(js.read_text())
-    assert data["size"] == [32, 40] and [Path(r["artifact"]).name for r in data["results"]] == ["model.onnx"]
-    assert all(r["median_ms"] > 0 for r in data["results"]) and "median ms" in res.output
+    assert data["inputs"] == [[32, 40]] and [r["row"] for r in data["rows"]] == ["model.onnx @ onnxruntime"]
+    assert all(r["median_ms"] > 0 for r in data["rows"]) and "median ms" in res.output
 
 
 def test_cli_defaults_and_catalog_match_the_library():

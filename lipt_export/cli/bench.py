@@ -1,54 +1,92 @@
-"""`lipt-export bench`: latency of artifacts on natural inputs (median after warm-up), as a table + JSON."""
+"""`lipt-export bench EXPORT_DIR`: latency vs accuracy vs arithmetic throughput of every way to run an export
+(the work is :func:`lipt_export.export.benchmark.run_benchmark`)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
-from lipt_export.cli.options import parse_size
+from lipt_export.cli.options import check_output_file, parse_size
 from lipt_export.errors import UsageError
-from lipt_export.fileio import write_json_atomic
+from lipt_export.fileio import save_atomic, write_json_atomic
 from lipt_export.report import format_table
-from lipt_export.runtime.loader import load_runner
-from lipt_export.runtime.openvino import check_runtime
-from lipt_export.validation.bench import expand_artifacts, interleaved_stats
-from lipt_export.validation.inputs import natural_inputs
+
+HEADER = ("row", "median ms", "p90 ms", "x eager train", "x eager deploy", "PSNR", "GMAC", "GFLOP/s", "% fp32 peak")
+
+
+def _cells(r, accuracy: str):
+    if "median_ms" not in r:
+        return [r["row"], "-", "-", "-", "-", "-", "-", "-", f"not run: {r.get('skipped', '')}"]
+    acc = r.get("psnr_y") if accuracy == "dataset" else r.get("psnr_vs_golden")
+    f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+    return [r["row"], f(r["median_ms"], ".1f"), f(r["p90_ms"], ".1f"), f(r.get("speedup_vs_train"), ".2f"),
+            f(r.get("speedup_vs_deploy"), ".2f"), f(acc, ".2f"), f(r.get("gmac"), ".2f"), f(r.get("gflops"), ".1f"),
+            f(r.get("pct_peak_fp32"), ".1f")]
+
+
+def write_plot(result, path: Path) -> None:
+    """PSNR vs latency, one labelled marker per row (matplotlib, the `plot` extra)."""
+    try:
+        import matplotlib  # deferred: optional, only for --plot
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install -c constraints.txt -e '.[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: as above
+
+    key = "psnr_y" if result["accuracy"] == "dataset" else "psnr_vs_golden"
+    pts = [r for r in result["rows"] if "median_ms" in r and r.get(key) is not None]
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    markers = "osD^v<>phX*"
+    for i, r in enumerate(pts):  # a legend, not labels on the points: many rows sit on top of each other
+        ax.scatter(r["median_ms"], r[key], marker=markers[i % len(markers)], s=50, label=r["row"])
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xlabel("median latency (ms, lower is better)")
+    ax.set_ylabel("PSNR-Y on the dataset (dB)" if key == "psnr_y" else "output PSNR vs eager (dB)")
+    ax.set_title(f"{result['model']}: {result['protocol']} protocol, inputs {result['inputs']}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
 
 
 @click.command("bench")
-@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
-@click.option("--size", default="128x128", show_default=True, help="LR input HxW.")
-@click.option("--runs", default=10, show_default=True, type=int)
-@click.option("--warmup", default=2, show_default=True, type=int)
-@click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads (default: all cores, max 8).")
-@click.option("--runtimes", default="onnxruntime", show_default=True,
-              help="Comma-separated CPU runtimes for ONNX artifacts: onnxruntime, openvino-f32, openvino-bf16. "
-                   "Runners take turns within every round (interleaved).")
+@click.argument("export_dir", type=click.Path())
+@click.option("--dataset", default=None, type=click.Path(), help="HR/ (+ LR_bicubic/X{scale}/) folder: PSNR-Y/SSIM-Y "
+              "on it [default: output PSNR against the export's golden eager outputs].")
+@click.option("--sizes", default="64x64", show_default=True, help="LR HxW list for --protocol fixed, e.g. 64x64,37x51.")
+@click.option("--protocol", default="fixed", show_default=True, type=click.Choice(["fixed", "paper", "ntire"]),
+              help="paper: LR for a 1280x720 output; ntire: the dataset's whole images, mean per image.")
+@click.option("--runtimes", default=None, help="Comma-separated CPU runtimes for the ONNX artifacts: onnxruntime, "
+              "openvino-f32, openvino-bf16 [default: every one installed].")
+@click.option("--threads", default=None, type=int, help="Threads for every runtime (default: all cores, at most 8).")
+@click.option("--runs", default=5, show_default=True, type=int, help="Interleaved timed rounds per input.")
+@click.option("--warmup", default=1, show_default=True, type=int)
+@click.option("--no-eager", is_flag=True, help="Skip the eager and naive-ONNX rows (they rebuild the model).")
+@click.option("--plot", "plot_path", default=None, type=click.Path(), help="Write a PSNR vs latency PNG here.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Also write the results here.")
-def command(artifacts, size, runs, warmup, threads, runtimes, json_path):
-    """Time ARTIFACTS (ONNX files, engines, or export directories = every artifact in them) on each runtime."""
-    h, w = parse_size(size)
+def command(export_dir, dataset, sizes, protocol, runtimes, threads, runs, warmup, no_eager, plot_path, json_path):
+    """Time and score every way to run EXPORT_DIR: eager train/deploy graphs, a naive ONNX of the train graph,
+    every ONNX artifact on every runtime; GMAC and achieved GFLOP/s against this machine's measured peak."""
     if runs < 1:
         raise UsageError("--runs must be at least 1")
-    wanted = [r.strip() for r in runtimes.split(",") if r.strip()]
-    for rt in wanted:
-        check_runtime(rt)
-    x = natural_inputs([(h, w)], seed=0)[0]
-    paths = [p for a in artifacts for p in expand_artifacts(a)]
-    runners, sources = [], {}
-    for path in paths:
-        for rt in (wanted if str(path).endswith(".onnx") else ["onnxruntime"]):
-            runner = load_runner(path, threads=threads, runtime=rt, tile=0)
-            # OpenVINO's runner names the precision it compiled for, e.g. model.onnx@openvino-f32(asked bf16)
-            label = runner.name.split("@", 1)[1] if "@" in runner.name else rt
-            runner.name = f"{path.parent.name}/{path.name}@{label}"
-            runners.append(runner)
-            sources[runner.name] = (str(path), label)
-    stats = interleaved_stats(runners, x, runs, warmup)
-    results = [{"artifact": sources[r.name][0], "runtime": sources[r.name][1], "label": r.name,
-                "precision": r.precision, "device": r.device,
-                **{k: round(v, 3) for k, v in stats[r.name].items()}} for r in runners]
-    click.echo(f"LR {h}x{w}, median of {runs} interleaved rounds after {warmup} warm-ups")
-    click.echo(format_table(("artifact@runtime", "precision", "device", "median ms", "min ms", "p90 ms"),
-                            [[r["label"], r["precision"], r["device"], f"{r['median_ms']:.1f}",
-                              f"{r['min_ms']:.1f}", f"{r['p90_ms']:.1f}"] for r in results]))
+    for path, flag in ((json_path, "--json"), (plot_path, "--plot")):
+        if path:
+            check_output_file(path, flag)
+    # deferred: torch and the model code load only once the cheap checks passed
+    from lipt_export.export.benchmark import installed_runtimes, run_benchmark
+
+    wanted = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else installed_runtimes()
+    result = run_benchmark(export_dir, runtimes=wanted,
+                           protocol=protocol, sizes=[parse_size(s) for s in sizes.split(",") if s.strip()],
+                           dataset=dataset, threads=threads, runs=runs, warmup=warmup, eager=not no_eager)
+    acc = "PSNR-Y on the dataset" if result["accuracy"] == "dataset" else "output PSNR vs the golden eager outputs"
+    click.echo(f"{result['model']}, protocol {protocol}, LR {result['inputs']}, {result['threads']} threads, median "
+               f"of {runs} interleaved rounds; PSNR = {acc}; fp32 peak {result['peak_gflops_fp32']:.0f} GFLOP/s; "
+               f"load average {result['load_avg'][0]:.2f}")
+    click.echo(format_table(HEADER, [_cells(r, result["accuracy"]) for r in result["rows"]]))
     if json_path:
-        write_json_atomic(json_path, {"size": [h, w], "runs": runs, "results": results})
+        write_json_atomic(json_path, result)
+        click.echo(f"results: {json_path}")
+    if plot_path:
+        write_plot(result, Path(plot_path))
+        click.echo(f"plot: {plot_path}")

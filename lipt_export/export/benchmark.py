@@ -1,0 +1,222 @@
+"""`lipt-export bench EXPORT_DIR`: latency, accuracy and arithmetic throughput of every way to run an export.
+
+Rows: the eager training graph, the eager deploy graph (reparameterized), a *naive* ONNX of the training graph
+(what a generic exporter gives without reparameterization), and every ONNX artifact on every CPU runtime asked for
+(OpenVINO rows are named after the precision OpenVINO compiled for). Engines are listed as not runnable when
+this machine cannot run them. All runners take turns within every round (interleaved), warm-up excluded.
+
+Columns: median and p90 latency, speed-up vs the eager train and deploy graphs, accuracy (PSNR-Y/SSIM-Y on
+``--dataset`` HR images, else output PSNR against the export's golden eager outputs), GMAC per forward, achieved
+GFLOP/s and its share of this machine's measured fp32 peak (:func:`peak_gflops`). INT8 and bf16 rows are shown
+against the same fp32 peak (GOP/s): a CPU without int8/bf16 matrix units has no faster peak to compare with,
+and torch's emulated int8/bf16 matmuls here (1.8 / 0.9 GOP/s) are no peak at all.
+
+GMAC are counted with torch's FlopCounterMode on the graph each row executes (the training graph for the eager
+train and naive rows, the deploy graph for the rest: the ONNX artifacts are exported from it op for op), at the
+protocol's input size: MACs = FLOPs / 2 of the convolutions and matrix products.
+
+Protocols: ``fixed`` (``--sizes``, default 64x64), ``paper`` (LR sized for a 1280x720 output, the LIPT paper's
+latency setting), ``ntire`` (every LR image of ``--dataset``, latency = mean over images of each image's median).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from lipt_export.errors import UsageError
+from lipt_export.export.onnx_export import export_onnx
+from lipt_export.manifest import Manifest, read_manifest
+from lipt_export.models.io import UnitRangeIO
+from lipt_export.models.loading import prepare_model
+from lipt_export.models.registry import available_models, get_spec
+from lipt_export.runtime.base import Runner, default_threads
+from lipt_export.runtime.eager import TorchRunner
+from lipt_export.runtime.loader import checked_artifact
+from lipt_export.runtime.openvino import OV_PRECISIONS, OpenVinoRunner, check_runtime, openvino_status
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.runtime.tiling import PadToMin
+from lipt_export.runtime.trt import engine_runtime_status
+from lipt_export.validation.bench import interleaved_stats
+from lipt_export.validation.datasets import open_dataset
+from lipt_export.validation.evaluate import EvalTarget, evaluate
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.metrics import psnr
+from lipt_export.validation.verify import load_golden
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("fixed", "paper", "ntire")
+PAPER_OUTPUT_HW = (720, 1280)
+
+
+def installed_runtimes() -> List[str]:
+    """Every CPU runtime name this installation can run (OpenVINO's when it is installed)."""
+    return ["onnxruntime"] + (["openvino-f32", "openvino-bf16"] if openvino_status()[0] else [])
+
+
+def peak_gflops(seconds: float = 0.5, threads: Optional[int] = None) -> float:
+    """This machine's fp32 matrix-multiply throughput (GFLOP/s): 1024^3 torch matmuls for ``seconds``."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads())
+    try:
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        torch.mm(a, b)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            torch.mm(a, b)
+            n += 1
+        return 2 * 1024 ** 3 * n / (time.perf_counter() - t0) / 1e9
+    finally:
+        torch.set_num_threads(prev)
+
+
+def count_gmac(module: torch.nn.Module, hw: Tuple[int, int]) -> float:
+    """MACs (1e9) of one forward of ``module`` on a (1, 3, H, W) input: FLOPs / 2 as torch counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(torch.rand(1, 3, *hw))
+    return counter.get_total_flops() / 2e9
+
+
+def _weights_path(man: Manifest) -> Optional[str]:
+    w = man.model.weights
+    if w.get("source") != "checkpoint":
+        return None
+    path = Path(str(w.get("path", "")))
+    if not path.is_file():
+        raise UsageError(f"the export's checkpoint {path} is not here (the eager and naive rows need it): run bench "
+                         f"from where you exported, or pass --no-eager")
+    return str(path)
+
+
+def _inputs(protocol: str, sizes: Sequence[Tuple[int, int]], scale: int, dataset: Optional[str]
+            ) -> List[np.ndarray]:
+    if protocol == "fixed":
+        return natural_inputs(list(sizes) or [(64, 64)], seed=0)
+    if protocol == "paper":
+        return natural_inputs([(PAPER_OUTPUT_HW[0] // scale, PAPER_OUTPUT_HW[1] // scale)], seed=0)
+    if not dataset:
+        raise UsageError("--protocol ntire times the whole images of a dataset: give --dataset DIR")
+    return [np.ascontiguousarray(s.lr.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
+            for s in open_dataset(dataset, scale)]
+
+
+def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxruntime",), protocol: str = "fixed",
+                  sizes: Sequence[Tuple[int, int]] = (), dataset: Optional[str] = None, threads: Optional[int] = None,
+                  runs: int = 5, warmup: int = 1, eager: bool = True) -> Dict[str, Any]:
+    """The bench command as a function: {"rows": [...], "protocol", "inputs", "peak_gflops_fp32", "load_avg"}."""
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not '{protocol}'")
+    for rt in runtimes:
+        check_runtime(rt)
+    man = read_manifest(export_dir)
+    scale = man.io.scale
+    inputs = _inputs(protocol, sizes, scale, dataset)
+    threads = threads or default_threads()
+    torch.set_num_threads(threads)
+    rows: Dict[str, Dict[str, Any]] = {}
+    runners: List[Runner] = []
+    graphs: Dict[str, torch.nn.Module] = {}
+    work = Path(tempfile.mkdtemp(prefix="lipt-bench-"))
+    try:
+        if eager:
+            spec = get_spec(man.model.name)
+            prepared = prepare_model(spec, man.model.variant, scale, _weights_path(man),
+                                     seed=int(man.model.weights.get("seed", 0)))
+            train = UnitRangeIO(prepared.train, spec.rgb_range).eval()
+            deploy = UnitRangeIO(prepared.deploy, spec.rgb_range).eval()
+            graphs = {"train": train, "deploy": deploy}
+            naive = work / "naive_train_graph.onnx"
+            export_onnx(train, naive, sample_hw=(64, 64))
+            for name, module, graph in (("eager train graph", train, "train"), ("eager deploy graph", deploy, "deploy")):
+                runners.append(_named(TorchRunner(module, name=name), name))
+                rows[name] = {"row": name, "runtime": "pytorch", "precision": "fp32", "graph": graph}
+            name = "naive ONNX (train graph)"
+            runners.append(_named(_min_size(OnnxRuntimeRunner(naive, threads=threads), man), name))
+            rows[name] = {"row": name, "runtime": "onnxruntime", "precision": "fp32", "graph": "train"}
+        for entry in man.artifacts:
+            if entry.format != "onnx":
+                ok, why = engine_runtime_status(entry)
+                rows[entry.path] = {"row": entry.path, "runtime": entry.get("runtime", "tensorrt"),
+                                    "precision": entry.precision, "skipped": why if not ok else "engines: use verify"}
+                continue
+            path = checked_artifact(man, entry).path
+            for rt in runtimes:
+                if rt == "onnxruntime":
+                    runner, label = OnnxRuntimeRunner(path, threads=threads, precision=entry.precision), rt
+                else:
+                    runner = OpenVinoRunner(path, OV_PRECISIONS[rt], precision=entry.precision, threads=threads)
+                    label = runner.name.split("@", 1)[1]
+                name = f"{entry.path} @ {label}"
+                runners.append(_named(_min_size(runner, man), name))
+                rows[name] = {"row": name, "runtime": label, "precision": entry.precision, "graph": "deploy"}
+        log.info(f"timing {len(runners)} runners on {len(inputs)} input(s), {runs} interleaved rounds")
+        per_input = [interleaved_stats(runners, x, runs, warmup) for x in inputs]
+    finally:
+        for p in work.iterdir():
+            p.unlink()
+        work.rmdir()
+    for r in runners:
+        rows[r.name]["median_ms"] = float(np.mean([s[r.name]["median_ms"] for s in per_input]))
+        rows[r.name]["p90_ms"] = float(np.mean([s[r.name]["p90_ms"] for s in per_input]))
+    _accuracy(rows, runners, man, dataset, scale)
+    peak = peak_gflops(threads=threads)
+    gmac = {g: float(np.mean([count_gmac(m, tuple(x.shape[2:])) for x in inputs])) for g, m in graphs.items()}
+    if not gmac and man.model.name in available_models():  # no eager rows: the deploy graph is what ONNX computes
+        spec = get_spec(man.model.name)
+        prepared = prepare_model(spec, man.model.variant, scale, None, seed=0)
+        gmac["deploy"] = float(np.mean([count_gmac(UnitRangeIO(prepared.deploy, spec.rgb_range).eval(),
+                                                   tuple(x.shape[2:])) for x in inputs]))
+    base = {k: rows[k]["median_ms"] for k in ("eager train graph", "eager deploy graph") if k in rows}
+    for row in rows.values():
+        if "median_ms" not in row:
+            continue
+        row["gmac"] = gmac.get(row["graph"])
+        if row["gmac"]:
+            row["gflops"] = 2 * row["gmac"] / (row["median_ms"] / 1e3)
+            row["pct_peak_fp32"] = 100 * row["gflops"] / peak
+        for k, v in base.items():
+            row["speedup_vs_" + k.split()[1]] = v / row["median_ms"]
+    return {"export": str(export_dir), "model": man.model.label, "protocol": protocol, "threads": threads,
+            "inputs": [list(x.shape[2:]) for x in inputs], "runs": runs, "peak_gflops_fp32": peak,
+            "load_avg": list(os.getloadavg()), "accuracy": "dataset" if dataset else "golden",
+            "rows": list(rows.values())}
+
+
+def _named(runner: Runner, name: str) -> Runner:
+    runner.name = name
+    return runner
+
+
+def _min_size(runner: Runner, man: Manifest) -> Runner:
+    if man.io.min_size > 1:
+        wrapped = PadToMin(runner, man.io.scale, (man.io.min_size, man.io.min_size))
+        wrapped.name = runner.name
+        return wrapped
+    return runner
+
+
+def _accuracy(rows: Dict[str, Dict[str, Any]], runners: Sequence[Runner], man: Manifest, dataset: Optional[str],
+              scale: int) -> None:
+    if dataset:
+        report = evaluate([EvalTarget(r, r.name, rows[r.name]["precision"], rows[r.name]["runtime"])
+                           for r in runners], dataset, scale, progress=False)
+        for res in report["results"]:
+            rows[res["artifact"]].update(psnr_y=res["psnr_y"], ssim_y=res["ssim_y"])
+        ref = rows.get("eager deploy graph", rows[runners[0].name]).get("psnr_y")
+        for row in rows.values():
+            if "psnr_y" in row:
+                row["delta_psnr_y"] = row["psnr_y"] - ref
+        return
+    if not man.golden:
+        return
+    inputs, outputs = load_golden(man)
+    for r in runners:
+        rows[r.name]["psnr_vs_golden"] = float(min(psnr(r.infer(x), y) for x, y in zip(inputs, outputs)))
