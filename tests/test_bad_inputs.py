@@ -213,7 +213,7 @@ def test_every_command_refuses_an_untrustworthy_export(case, command, export, tm
             "eval": ["eval", "--model", "lipt", "--variant", "tiny", "--scale", "2", "--no-eager", "--artifact", d,
                      "--dataset", data],
             "triton": ["triton", d, "--repo", tmp_path / "repo"],
-            "bench": ["bench", d, "--size", "16x16", "--runs", "1", "--warmup", "0"],
+            "bench": ["bench", d, "--sizes", "16x16", "--runs", "1", "--warmup", "0"],
             "verify": ["verify", d]}[command]
     res = _cli(*args)
     if command == "verify" and case in ARTIFACT_LEVEL:  # verify reports per artifact instead of stopping
