@@ -76,7 +76,7 @@ def _image(h, w, seed=0):
     return np.random.default_rng(seed).random((1, 3, h, w), dtype=np.float32)
 
 
-def test_every_variant_loads_with_its_config(client):
+def test_every_variant_loads_with_its_config(client, server):
     states = {m["name"]: m.get("state") for m in client.repository_index()}
     assert states == {n: "READY" for n in [*VARIANTS, f"{NAME}_tiled"]}
     assert client.config(NAME)["max_batch_size"] == 1
@@ -84,6 +84,9 @@ def test_every_variant_loads_with_its_config(client):
     assert client.config("two")["instance_group"][0]["count"] == 2
     assert "dynamic_batching" in client.config("dyn")
     assert client.config(f"{NAME}_tiled")["backend"] == "python"
+    # the BLS model runs the tiling vendored into its own version folder, not a lipt_export found elsewhere
+    vendored = server.repo / f"{NAME}_tiled" / "1" / "lipt_export" / "runtime" / "tiling.py"
+    assert f"tiling from {vendored}" in server.log_path.read_text()
 
 
 def test_setup_is_idempotent():

@@ -23,12 +23,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from lipt_export.engines.triton_client import TritonHttpClient
 from lipt_export.errors import TritonError
 from lipt_export.fileio import exclusive_lock, sha256_file, write_json_atomic
 
@@ -182,6 +181,11 @@ def prepare_backends(env: ServerEnv, dest: Path) -> Path:
     return dest
 
 
+def check_port(port: int) -> None:
+    if not 1 <= port <= 65533:
+        raise TritonError(f"--port must be in 1..65533 (the server uses PORT..PORT+2), got {port}")
+
+
 def ports_in_use(host: str, ports: Sequence[int]) -> list[int]:
     busy = []
     for port in ports:
@@ -210,8 +214,7 @@ class TritonServer:
 
     def __init__(self, env: ServerEnv, repo: Path, backends: Path, *, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, log_path: Optional[Path] = None, extra_args: Sequence[str] = ()):
-        if not 1 <= port <= 65533:
-            raise TritonError(f"--port must be in 1..65533 (it uses port, port+1, port+2), got {port}")
+        check_port(port)
         self.env, self.repo, self.backends, self.host, self.port = env, Path(repo), Path(backends), host, port
         self.log_path = Path(log_path) if log_path else self.repo.parent / "tritonserver.log"
         self.extra_args = list(extra_args)
@@ -254,8 +257,9 @@ class TritonServer:
                               f"(the server needs {self.port}..{self.port + 2})")
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as logf:
+            # cwd beside the repository: the stubs' Python must not import modules from the caller's folder
             self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.environment(), start_new_session=True,
+                                         env=self.environment(), start_new_session=True, cwd=str(self.repo.parent),
                                          preexec_fn=_die_with_parent)
         try:
             self._wait_ready(timeout, models)
@@ -266,13 +270,13 @@ class TritonServer:
 
     def _wait_ready(self, timeout: float, models: Sequence[str]) -> None:
         deadline = time.monotonic() + timeout
-        paths = ["/v2/health/ready"] + [f"/v2/models/{m}/ready" for m in models]
+        probe = TritonHttpClient(self.http_url, timeout=2)
         while True:
             code = self.proc.poll()
             if code is not None:
                 raise TritonError(f"tritonserver exited during start-up (code {code}): {self.log_error()} "
                                   f"(full log: {self.log_path})")
-            if all(_http_ok(self.http_url + p) for p in paths):
+            if probe.ready() and all(probe.ready(m) for m in models):
                 return
             if time.monotonic() > deadline:
                 raise TritonError(f"tritonserver was not ready after {timeout:.0f} s: {self.log_error()}")
@@ -334,10 +338,3 @@ def _url_host(host: str) -> str:
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
 
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False

@@ -20,7 +20,7 @@ class _TargetRunner:
 
     def __init__(self, model, input_name, output_name, dtype):
         self.model, self.input_name, self.output_name, self.dtype = model, input_name, output_name, dtype
-        self.name, self.precision, self.device = model, str(dtype), "triton"
+        self.name, self.precision, self.device, self.runtime = model, str(dtype), "triton", "triton"
 
     def infer(self, lr):
         request = pb_utils.InferenceRequest(
@@ -36,15 +36,18 @@ class _TargetRunner:
 class TritonPythonModel:
     def initialize(self, args):
         here = os.path.join(args["model_repository"], args["model_version"])
-        if here not in sys.path:
-            sys.path.insert(0, here)  # the vendored lipt_export tiling modules
+        if here in sys.path:  # the Python backend appends it; the vendored copy must win over any other
+            sys.path.remove(here)
+        sys.path.insert(0, here)
         # deferred: the vendored copy beside this file is importable only once its folder is on sys.path
-        from lipt_export.runtime.tiling import TiledRunner
+        from lipt_export.runtime import tiling
+
+        pb_utils.Logger.log_info(f"{args['model_name']}: tiling from {tiling.__file__}")
 
         config = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         target = _TargetRunner(p["target_model"], p["target_input"], p["target_output"], np.dtype(p["target_dtype"]))
-        self.tiled = TiledRunner(target, int(p["scale"]), int(p["tile"]), int(p["overlap"]), int(p["multiple_of"]))
+        self.tiled = tiling.TiledRunner(target, int(p["scale"]), int(p["tile"]), int(p["overlap"]), int(p["multiple_of"]))
         self.input_name, self.output_name = config["input"][0]["name"], config["output"][0]["name"]
 
     def execute(self, requests):
