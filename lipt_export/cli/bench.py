@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from lipt_export.cli.options import check_output_file, parse_size
+from lipt_export.cli.options import check_output_file, parse_runtimes, parse_size
 from lipt_export.errors import UsageError
 from lipt_export.fileio import save_atomic, write_json_atomic
 from lipt_export.report import format_table
@@ -75,8 +75,7 @@ def command(export_dir, dataset, sizes, protocol, runtimes, threads, runs, warmu
     # deferred: torch and the model code load only once the cheap checks passed
     from lipt_export.export.benchmark import installed_runtimes, run_benchmark
 
-    wanted = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else installed_runtimes()
-    result = run_benchmark(export_dir, runtimes=wanted,
+    result = run_benchmark(export_dir, runtimes=parse_runtimes(runtimes) or installed_runtimes(),
                            protocol=protocol, sizes=[parse_size(s) for s in sizes.split(",") if s.strip()],
                            dataset=dataset, threads=threads, runs=runs, warmup=warmup, eager=not no_eager)
     acc = "PSNR-Y on the dataset" if result["accuracy"] == "dataset" else "output PSNR vs the golden eager outputs"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from lipt_export.cli.options import arch_options
+from lipt_export.cli.options import arch_options, parse_runtimes
 from lipt_export.fileio import write_json_atomic
 from lipt_export.validation.evaluate import format_results, run_eval
 
@@ -40,7 +40,7 @@ def command(model, variant, scale, weights, config_file, agileir_attention, data
     """PSNR-Y/SSIM-Y of the eager model and of each artifact on an SR benchmark folder."""
     report = run_eval(model, variant, scale, weights, dataset, lr_dir, artifacts, no_eager, tile, parity_extras,
                       limit, seed, config_file=config_file, options=arch_options(model, agileir_attention),
-                      runtimes=[r.strip() for r in runtimes.split(",") if r.strip()])
+                      runtimes=parse_runtimes(runtimes))
     for note in report["notes"]:
         click.echo(f"lipt-export: note: {note}", err=True)
     click.echo(format_results(report))

@@ -29,6 +29,11 @@ def parse_int_list(text: Optional[str]) -> List[int]:
         raise click.BadParameter(f"'{text}' is not a comma-separated list of integers") from None
 
 
+def parse_runtimes(text: Optional[str]) -> Optional[List[str]]:
+    """A --runtimes list ("onnxruntime,openvino-f32") as names, or None when not given."""
+    return [r.strip() for r in text.split(",") if r.strip()] if text else None
+
+
 def arch_options(model: str, agileir_attention: str) -> Dict[str, str]:
     """Architecture overrides from family-specific flags (left to the checkpoint when 'auto')."""
     if agileir_attention == "auto":

@@ -11,7 +11,7 @@ import click
 
 from lipt_export.engines.triton import write_triton_model
 from lipt_export.engines.triton_client import curl_example
-from lipt_export.engines.triton_server import (DEFAULT_PORT, TritonServer, default_server_threads,
+from lipt_export.engines.triton_server import (DEFAULT_PORT, TritonServer, check_port, default_server_threads,
                                                default_server_env, open_server_env, prepare_backends,
                                                setup_server_env)
 from lipt_export.errors import TritonError, UsageError
@@ -62,8 +62,7 @@ def command(export_dir, setup, server_env, port, host, name, tiled, tile, overla
             return
     elif export_dir is None:
         raise UsageError("give an EXPORT_DIR to serve, or --setup to prepare the server environment")
-    if not 1 <= port <= 65533:
-        raise UsageError(f"--port must be in 1..65533 (the server uses PORT..PORT+2), got {port}")
+    check_port(port)  # cheap checks before the export is read
     if instances < 1:
         raise UsageError(f"--instances must be >= 1, got {instances}")
     max_batch = (8 if dynamic_batching else 1) if max_batch is None else max_batch

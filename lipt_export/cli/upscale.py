@@ -5,15 +5,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+
 import click
 from tqdm import tqdm
 
 from lipt_export.errors import LiptExportError, UpscaleError
 from lipt_export.runtime.loader import open_artifact, runner_for
+from lipt_export.runtime.openvino import RUNTIMES
 from lipt_export.runtime.tiling import DEFAULT_TILE, TiledRunner
 from lipt_export.runtime.upscale import plan_outputs, remove_stale_temps, upscale_file
 from lipt_export.validation.runtime_choice import resolve_runtime
-
 
 
 @click.command("upscale")
@@ -35,7 +36,7 @@ from lipt_export.validation.runtime_choice import resolve_runtime
 @click.option("--format", "fmt", default=None, help="Output format for folders (png, jpg, webp, tif, npy).")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime threads (default: all cores, at most 8).")
 @click.option("--runtime", default="auto", show_default=True,
-              type=click.Choice(["auto", "onnxruntime", "openvino-f32", "openvino-bf16"]),
+              type=click.Choice(["auto", *RUNTIMES]),
               help="CPU runtime for ONNX artifacts. auto: the fastest that keeps the file's own numerics (ONNX "
                    "Runtime or OpenVINO f32), as measured at export on this machine (else measured now); it says "
                    "which. openvino-bf16 is a different numerical artifact, used only when named (a CPU without "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from lipt_export.cli.options import parse_runtimes
 from lipt_export.fileio import write_json_atomic
 from lipt_export.report import format_table
 from lipt_export.validation.verify import VERIFY_HEADER, verify_export
@@ -19,8 +20,7 @@ from lipt_export.validation.verify import VERIFY_HEADER, verify_export
 def command(export_dir, require_all, threads, runtimes, json_path):
     """Verify EXPORT_DIR: every artifact's sha256, then every artifact this machine can run against the golden
     outputs stored at export (exit 1 on any failure; with --require-all also on anything skipped)."""
-    wanted = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None
-    rows = verify_export(export_dir, threads=threads, runtimes=wanted)
+    rows = verify_export(export_dir, threads=threads, runtimes=parse_runtimes(runtimes))
     click.echo(format_table(VERIFY_HEADER, [r.cells() for r in rows]))
     failed = [r for r in rows if r.status == "fail"]
     skipped = [r for r in rows if r.status == "skipped"]

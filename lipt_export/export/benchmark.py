@@ -38,9 +38,8 @@ from lipt_export.models.loading import prepare_model
 from lipt_export.models.registry import available_models, get_spec
 from lipt_export.runtime.base import Runner, default_threads
 from lipt_export.runtime.eager import TorchRunner
-from lipt_export.runtime.loader import checked_artifact
-from lipt_export.runtime.openvino import OV_PRECISIONS, OpenVinoRunner, check_runtime, openvino_status
-from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.runtime.loader import checked_artifact, onnx_runner
+from lipt_export.runtime.openvino import check_runtime, openvino_status
 from lipt_export.runtime.tiling import PadToMin
 from lipt_export.runtime.trt import engine_runtime_status
 from lipt_export.validation.bench import interleaved_stats
@@ -141,7 +140,7 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
                 runners.append(_named(TorchRunner(module, name=name), name))
                 rows[name] = {"row": name, "runtime": "pytorch", "precision": "fp32", "graph": graph}
             name = "naive ONNX (train graph)"
-            runners.append(_named(_min_size(OnnxRuntimeRunner(naive, threads=threads), man), name))
+            runners.append(_named(_min_size(onnx_runner(naive, threads=threads), man), name))
             rows[name] = {"row": name, "runtime": "onnxruntime", "precision": "fp32", "graph": "train"}
         for entry in man.artifacts:
             if entry.format != "onnx":
@@ -151,14 +150,11 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
                 continue
             path = onnx_paths[entry.path]
             for rt in runtimes:
-                if rt == "onnxruntime":
-                    runner, label = OnnxRuntimeRunner(path, threads=threads, precision=entry.precision), rt
-                else:
-                    runner = OpenVinoRunner(path, OV_PRECISIONS[rt], precision=entry.precision, threads=threads)
-                    label = runner.name.split("@", 1)[1]
-                name = f"{entry.path} @ {label}"
+                runner = onnx_runner(path, rt, precision=entry.precision, threads=threads)
+                name = f"{entry.path} @ {runner.runtime}"
                 runners.append(_named(_min_size(runner, man), name))
-                rows[name] = {"row": name, "runtime": label, "precision": entry.precision, "graph": "deploy"}
+                rows[name] = {"row": name, "runtime": runner.runtime, "precision": entry.precision,
+                              "graph": "deploy"}
         log.info(f"timing {len(runners)} runners on {len(inputs)} input(s), {runs} interleaved rounds")
         per_input = [interleaved_stats(runners, x, runs, warmup) for x in inputs]
     finally:

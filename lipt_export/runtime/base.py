@@ -15,6 +15,7 @@ class Runner:
     name: str = "runner"
     precision: str = "fp32"
     device: str = "cpu"
+    runtime: str = ""  # what executes it, e.g. "onnxruntime", "openvino-f32(asked bf16)"
 
     def infer(self, lr: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError

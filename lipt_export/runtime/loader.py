@@ -169,6 +169,19 @@ def _sidecar(path: Path) -> Tuple[Optional[Manifest], Optional[ArtifactEntry]]:
     return man, entry
 
 
+def onnx_runner(path: str | os.PathLike, runtime: str = "onnxruntime", *, precision: str = "fp32",
+                threads: Optional[int] = None, name: Optional[str] = None,
+                providers: Optional[Sequence[Any]] = None, memory_arena: bool = True) -> Runner:
+    """One ONNX file on one runtime by name (:data:`lipt_export.runtime.openvino.RUNTIMES`); ``runner.runtime``
+    says what executes it (for OpenVINO the precision it compiled for). ``providers``/``memory_arena`` are ONNX
+    Runtime's (default: CPU, arena on)."""
+    check_runtime(runtime)
+    if runtime in OV_PRECISIONS:
+        return OpenVinoRunner(path, OV_PRECISIONS[runtime], name=name, precision=precision, threads=threads)
+    return OnnxRuntimeRunner(path, name=name, precision=precision, providers=providers, threads=threads,
+                             memory_arena=memory_arena)
+
+
 def runner_for(art: Artifact, *, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
                model: Optional[str] = None, variant: Optional[str] = None, scale: Optional[int] = None,
                name: Optional[str] = None, runtime: str = "onnxruntime") -> Runner:
@@ -177,14 +190,9 @@ def runner_for(art: Artifact, *, providers: Optional[Sequence[str]] = None, thre
     check_runtime(runtime)
     if runtime != "onnxruntime" and art.format != "onnx":
         raise ArtifactError(f"--runtime {runtime} runs ONNX artifacts; {art.path.name} is {art.format}")
-    if art.format == "onnx" and runtime in OV_PRECISIONS:
-        runner = OpenVinoRunner(art.path, OV_PRECISIONS[runtime], name=name or art.path.name,
-                                precision=art.precision, threads=threads)
-        if art.io is not None and art.io.min_size > 1:
-            runner = PadToMin(runner, art.io.scale, (art.io.min_size, art.io.min_size))
-    elif art.format == "onnx":
-        runner = OnnxRuntimeRunner(art.path, name=name or art.path.name, precision=art.precision,
-                                   providers=ort_providers(providers), threads=threads)
+    if art.format == "onnx":
+        runner = onnx_runner(art.path, runtime, precision=art.precision, threads=threads, name=name,
+                             providers=ort_providers(providers))
         if art.io is not None and art.io.min_size > 1:  # tiny images: padded up to the model's minimum
             runner = PadToMin(runner, art.io.scale, (art.io.min_size, art.io.min_size))
     elif art.format == "tensorrt":

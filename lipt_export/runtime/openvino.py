@@ -62,7 +62,8 @@ class OpenVinoRunner(Runner):
         self.precision = precision
         self.device = "cpu"
         asked = "" if self.inference_precision == inference_precision else f"(asked {inference_precision})"
-        self.name = f"{name or self.path.name}@openvino-{self.inference_precision}{asked}"
+        self.runtime = f"openvino-{self.inference_precision}{asked}"
+        self.name = f"{name or self.path.name}@{self.runtime}"
 
     def infer(self, lr: np.ndarray) -> np.ndarray:
         out = self.request.infer({0: np.ascontiguousarray(lr, dtype=self.input_dtype)})

@@ -64,6 +64,8 @@ def ort_session(model: ModelSource, *, threads: Optional[int] = None, providers:
 class OnnxRuntimeRunner(Runner):
     """ONNX Runtime session on the best available provider (CPU unless onnxruntime-gpu is installed)."""
 
+    runtime = "onnxruntime"
+
     def __init__(self, path: str | Path, name: Optional[str] = None, precision: str = "fp32",
                  providers: Optional[Sequence[Any]] = None, threads: Optional[int] = None, memory_arena: bool = True):
         import onnxruntime as ort

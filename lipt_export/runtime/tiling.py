@@ -235,6 +235,7 @@ class TiledRunner(Runner):
         tile_txt = "x".join(map(str, (tile, tile) if isinstance(tile, int) else tile)) if tile else "none"
         self.name = f"{runner.name}+tiles{tile_txt}o{overlap}"
         self.precision, self.device = runner.precision, runner.device
+        self.runtime = getattr(runner, "runtime", "")  # duck-typed runners need not say
 
     def plan(self, h: int, w: int) -> List[Tile]:
         if self.tile is None:
@@ -378,6 +379,7 @@ class ProfileFitRunner(Runner):
         self.runner, self.scale = runner, scale
         self.min_hw, self.max_hw, self.max_batch = tuple(min_hw), tuple(max_hw), max(1, max_batch)
         self.name, self.precision, self.device = runner.name, runner.precision, runner.device
+        self.runtime = getattr(runner, "runtime", "")
         tile = (_align_down(self.max_hw[0], multiple_of) or self.max_hw[0],
                 _align_down(self.max_hw[1], multiple_of) or self.max_hw[1])
         self._tiled = TiledRunner(PadToMin(runner, scale, self.min_hw), scale, tile, overlap, multiple_of)
@@ -400,6 +402,7 @@ class PadToMin(Runner):
     def __init__(self, runner: Runner, scale: int, min_hw: Tuple[int, int]):
         self.runner, self.scale, self.min_hw = runner, scale, min_hw
         self.name, self.precision, self.device = runner.name, runner.precision, runner.device
+        self.runtime = getattr(runner, "runtime", "")
 
     def infer(self, lr: np.ndarray) -> np.ndarray:
         h, w = lr.shape[2:]

@@ -25,9 +25,8 @@ from lipt_export.models.registry import get_spec, resolve_variant
 from lipt_export.report import format_table
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
-from lipt_export.runtime.loader import open_onnx_artifacts, tiling_for
-from lipt_export.runtime.openvino import OV_PRECISIONS, OpenVinoRunner, check_runtime
-from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.runtime.loader import onnx_runner, open_onnx_artifacts, tiling_for
+from lipt_export.runtime.openvino import check_runtime
 from lipt_export.runtime.tiling import DEFAULT_TILE, TiledRunner
 from lipt_export.validation.datasets import open_dataset
 from lipt_export.validation.extras import parity_extras_for
@@ -150,15 +149,11 @@ def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optiona
         if weights_sha and w.get("sha256") and w["sha256"] != weights_sha:
             notes.append(f"{label}: exported from different weights ({w.get('path')}) than --weights")
         for art, rt in ((a, r) for a in arts for r in runtimes):
-            if rt == "onnxruntime":
-                # no arena: several sessions over images of varying size would each keep their largest run's memory
-                runner = OnnxRuntimeRunner(art.path, name=f"{label}/{art.path.name}", precision=art.precision,
-                                           memory_arena=False)
-                kind = rt
-            else:
-                runner = OpenVinoRunner(art.path, OV_PRECISIONS[rt], name=f"{label}/{art.path.name}",
-                                        precision=art.precision)
-                kind = runner.name.split("@", 1)[1]  # the precision OpenVINO compiled for
+            # no ONNX Runtime arena: several sessions over images of varying size would each keep their largest
+            # run's memory
+            runner = onnx_runner(art.path, rt, precision=art.precision, name=f"{label}/{art.path.name}",
+                                 memory_arena=False)
+            kind = runner.runtime  # for OpenVINO: the precision it compiled for
             name = f"{label}/{art.path.name}" + ("" if rt == "onnxruntime" else f"@{kind}")
             runner = art.tiling.wrap(runner, scale, tile, default_tile=DEFAULT_TILE)
             info = {"path": str(art.path), "runtime": kind}

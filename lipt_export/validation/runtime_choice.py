@@ -19,9 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lipt_export.manifest import ArtifactEntry, Manifest
-from lipt_export.runtime.base import Runner
-from lipt_export.runtime.openvino import OpenVinoRunner, openvino_status
-from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.runtime.loader import onnx_runner
+from lipt_export.runtime.openvino import openvino_status
 from lipt_export.validation.bench import interleaved_stats
 from lipt_export.validation.parity import FP32_REL_L2_LIMIT, rel_l2
 from lipt_export.validation.verify import load_golden
@@ -47,17 +46,11 @@ def machine_fingerprint() -> str:
     return f"{cpu} x{os.cpu_count()}; {versions}"
 
 
-def _runner(path: Path, runtime: str, precision: str, threads: Optional[int]) -> Runner:
-    if runtime == "onnxruntime":
-        return OnnxRuntimeRunner(path, threads=threads, precision=precision)
-    return OpenVinoRunner(path, "f32", precision=precision, threads=threads)
-
-
 def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarray], threads: Optional[int] = None,
                            runs: int = 3) -> Dict[str, Any]:
     """The record stored in the manifest's ``runtime_choice[precision]``."""
     names = [rt for rt in AUTO_CANDIDATES if rt == "onnxruntime" or openvino_status()[0]]
-    runners = {rt: _runner(Path(path), rt, precision, threads) for rt in names}
+    runners = {rt: onnx_runner(path, rt, precision=precision, threads=threads) for rt in names}
     for rt, r in runners.items():
         r.name = rt
     ref = [runners["onnxruntime"].infer(x) for x in inputs]
@@ -129,11 +122,8 @@ def int8_recommendation(paths: Dict[str, Path], inputs: Sequence[np.ndarray], th
     ``paths`` maps precision -> ONNX file (fp32, int8, and fp16 when exported); all run interleaved on the
     largest golden input. ``recommended`` is true only when INT8 is faster than every other precision."""
     probe = max(inputs, key=lambda x: x.size)
-    runners = []
-    for precision, path in paths.items():
-        r = OnnxRuntimeRunner(path, threads=threads, precision=precision)
-        r.name = precision
-        runners.append(r)
+    runners = [onnx_runner(path, precision=precision, threads=threads, name=precision)
+               for precision, path in paths.items()]
     stats = interleaved_stats(runners, probe, runs, warmup=1)
     ms = {k: round(v["median_ms"], 2) for k, v in stats.items()}
     others = {k: v for k, v in ms.items() if k != "int8"}

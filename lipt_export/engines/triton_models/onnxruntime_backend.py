@@ -48,20 +48,16 @@ class TritonPythonModel:
             groups.setdefault(key, []).append(i)
         for members in groups.values():
             try:
-                if self.batched and len(members) > 1:
-                    batch = {n: np.concatenate([feeds[i][n] for i in members]) for n in self.inputs}
-                else:
-                    batch = feeds[members[0]] if len(members) == 1 else None
-                if batch is None:  # unbatched model: one run per request
+                if not self.batched:  # max_batch_size 0: every request is a whole input of its own
                     for i in members:
                         responses[i] = self._response(self.session.run(self.outputs, feeds[i]))
                     continue
+                batch = {n: np.concatenate([feeds[i][n] for i in members]) for n in self.inputs}
                 results = self.session.run(self.outputs, batch)
                 offset = 0
                 for i in members:
-                    n = feeds[i][self.inputs[0]].shape[0] if self.batched else 1
-                    part = [r[offset:offset + n] for r in results] if self.batched else results
-                    responses[i] = self._response(part)
+                    n = feeds[i][self.inputs[0]].shape[0]
+                    responses[i] = self._response([r[offset:offset + n] for r in results])
                     offset += n
             except Exception as exc:  # ONNX Runtime rejected the input: answer with an error, keep serving
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
