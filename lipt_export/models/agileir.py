@@ -14,9 +14,12 @@ GSWA (EfficientViT's cascaded group attention inside Swin windows, windows kept 
 Conv+BN on q; scores q^T k * kd^-0.5 + that head's relative position bias (Swin table/index); softmax;
 out = v A^T; concat -> ReLU -> Conv1x1+BN (E -> E). Every Conv+BN folds into one conv (``reparameterize``).
 
-The shift mask is built in ``forward`` from the padded size with arange/compare (never a buffer computed for
-one size), so a single dynamic-shape ONNX file is right at every H, W. Input is reflect-padded to a multiple
-of the window and the output cropped. Native range [0, 1] with the DIV2K mean subtracted (SwinIR).
+The shift mask and the shifted blocks' token gathers are built once per ``forward`` from the padded size with
+arange arithmetic (never a buffer computed for one size), so a single dynamic-shape ONNX file is right at
+every H, W. The body keeps its tokens in window order (see ``window_tokens``); that, and the per-head layout
+of ``CascadedGroupAttention``, cut the AgileIR-normal graph from 4,970 to about 3,200 nodes with outputs
+equal to SwinIR's roll/partition formulation in float64 (tests/test_agileir.py). Input is reflect-padded to
+a multiple of the window and the output cropped. Native range [0, 1] with the DIV2K mean subtracted.
 """
 from __future__ import annotations
 
@@ -73,42 +76,88 @@ def relative_position_index(ws: int) -> torch.Tensor:
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
 
-def windows_nchw(x: torch.Tensor, ws: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B*nW, C, ws, ws), windows in raster order per image."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // ws, ws, w // ws, ws, c)
-    return x.permute(0, 1, 3, 5, 2, 4).reshape(-1, c, ws, ws)
+# The body runs on "window tokens": (B*nW, ws*ws, C), windows in raster order per image, tokens in raster
+# order per window. LayerNorm, MLP and residual adds act per token, so they do not care about the order;
+# only the RSTB's 3x3 conv needs the map back. Keeping windows as the layout (instead of partitioning and
+# merging in every block, as SwinIR does) removes two 6-D transposes and their shape arithmetic per block,
+# and every per-block reshape has a static shape (-1, n, C).
+
+def window_tokens(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, C, H, W) map -> (B*H*W, C) window tokens."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // ws, ws, w // ws, ws)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(-1, c)
 
 
-def merge_windows(win: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-    """(B*nW, C, ws, ws) -> (B, H, W, C)."""
-    _, c, ws, _ = win.shape
-    x = win.reshape(b, h // ws, w // ws, c, ws, ws)
-    return x.permute(0, 1, 4, 2, 5, 3).reshape(b, h, w, c)
+def window_map(t: torch.Tensor, b: int, h: int, w: int, ws: int) -> torch.Tensor:
+    """(B*H*W, C) window tokens -> (B, C, H, W) map (inverse of ``window_tokens``)."""
+    c = t.shape[-1]
+    x = t.reshape(b, h // ws, w // ws, ws, ws, c)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
 
 
 def shift_window_mask(h: int, w: int, ws: int, shift: int, like: torch.Tensor) -> torch.Tensor:
     """The SW-MSA mask for a padded (h, w) map: (nW, ws*ws, ws*ws) with MASK_VALUE between tokens from
     different regions of the rolled map, 0 elsewhere. Identical to SwinIR's `calculate_mask`, but built from
-    arange/compare so h, w stay graph values (no Python slicing on sizes, no size-specific buffer)."""
+    arange/compare so h, w stay graph values (no Python slicing on sizes, no size-specific buffer).
+    Symmetric, so it serves scores and transposed scores alike."""
     rows = torch.arange(h, device=like.device)
     cols = torch.arange(w, device=like.device)
     row_region = (rows >= h - ws).long() + (rows >= h - shift).long()  # 0, 1, 2 top to bottom
     col_region = (cols >= w - ws).long() + (cols >= w - shift).long()
     label = (row_region[:, None] * 3 + col_region[None, :]).to(like.dtype)  # (h, w)
-    win = windows_nchw(label[None, :, :, None], ws).flatten(1)  # (nW, ws*ws)
+    win = window_tokens(label[None, None], ws).reshape(-1, ws * ws)  # (nW, ws*ws)
     return (win[:, None, :] != win[:, :, None]).to(like.dtype) * MASK_VALUE
 
 
+def shift_gather_indices(b: int, h: int, w: int, ws: int, shift: int, device: torch.device
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Row indices into the flattened (B*H*W, C) window tokens that turn the plain window layout into the
+    shifted one (SwinIR's roll by -shift, then partition) and back: two (B*nW, ws*ws) int64 tensors.
+
+    ``order[r, c]`` is the row of map position (r, c) in the plain layout; rolling that map and laying it
+    out in window order gives, for every token of the shifted layout, where it comes from (and rolling the
+    other way, the inverse). Built once per forward from the padded size, shared by all shifted blocks."""
+    n = ws * ws
+    rows = torch.arange(h, device=device)[:, None]
+    cols = torch.arange(w, device=device)[None, :]
+    order = ((rows // ws) * (w // ws) + cols // ws) * n + (rows % ws) * ws + cols % ws  # (h, w)
+    offsets = (torch.arange(b, device=device) * (h * w))[:, None, None]  # batch images are consecutive
+    idx = []
+    for s in (-shift, shift):
+        rolled = torch.roll(order, shifts=(s, s), dims=(0, 1))
+        idx.append(window_tokens(rolled[None, None], ws).reshape(1, -1, n) + offsets)
+    return idx[0].reshape(-1, n), idx[1].reshape(-1)
+
+
+@dataclass
+class WindowContext:
+    """What every block of one forward shares: the padded size, the shifted blocks' mask and gathers."""
+    b: int
+    h: int
+    w: int
+    mask: Optional[torch.Tensor] = None  # (B*nW, n, n)
+    to_shifted: Optional[torch.Tensor] = None  # (B*nW, n) rows of the flattened plain layout
+    to_plain: Optional[torch.Tensor] = None
+
+
 class CascadedGroupAttention(nn.Module):
-    """EfficientViT cascaded group attention on (B*nW, E, ws, ws) windows (official class name and keys)."""
+    """EfficientViT cascaded group attention on window tokens (official class name and keys).
+
+    The heads form a sequential cascade, so every node per head is paid 6 x per block: heads work on
+    channel-major (B*nW, E/h, n) tokens, their 1x1 convs run as Conv1d (no reshapes to 4-D and back),
+    only q is reshaped to the window for its depthwise conv, and the deploy form folds the q scale into
+    that conv's taps. (Computing transposed scores with a softmax over axis 1 saved a node per head but
+    ran 2x slower in ONNX Runtime; Einsum saved two but ran 1.5x slower.)"""
 
     def __init__(self, dim: int, key_dim: int, num_heads: int, attn_ratio: float, window_size: int,
                  kernel: int = 5, deploy: bool = False):
         super().__init__()
+        self.dim = dim
         self.window_size = window_size  # a Python constant, so the per-head reshapes need no shape ops
         self.num_heads = num_heads
         self.key_dim = key_dim
+        self.kernel = kernel
         self.scale = key_dim ** -0.5
         self.d = int(attn_ratio * key_dim)  # the official expression (dv = E/h for every shipped config)
         if self.d != dim // num_heads or dim % num_heads:
@@ -120,27 +169,38 @@ class CascadedGroupAttention(nn.Module):
         # Official init: the output BN's gamma is 0, so a fresh block starts as identity.
         self.proj = nn.Sequential(nn.ReLU(), ConvBN(self.d * num_heads, dim, bn_weight_init=0.0, deploy=deploy))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """x: (B*nW, E, ws, ws); bias: (heads, n, n); mask: None or (B*nW, n, n), n = ws*ws."""
-        ws = self.window_size
-        chunks = x.chunk(self.num_heads, dim=1)
+    def _head(self, i: int, feat: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]):
+        """One head on (B*nW, E/h, n) channel-major window tokens: returns its output, same shape."""
+        ws, n, kd = self.window_size, self.window_size * self.window_size, self.key_dim
+        q, k, v = pointwise(self.qkvs[i], feat).split([kd, kd, self.d], dim=1)
+        q = q.reshape(-1, kd, ws, ws)
+        if self.dws[i].deploy:  # the q scale folds into the depthwise taps (constant on export)
+            conv = self.dws[i].c
+            q = F.conv2d(q, conv.weight * self.scale, conv.bias * self.scale, padding=self.kernel // 2, groups=kd)
+        else:
+            q = self.dws[i](q) * self.scale
+        scores = q.reshape(-1, kd, n).transpose(1, 2) @ k + bias[i]  # (B*nW, queries, keys)
+        if mask is not None:
+            scores = scores + mask
+        return v @ scores.softmax(dim=-1).transpose(1, 2)
+
+    def forward(self, t: torch.Tensor, bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """t: (B*nW, n, E) window tokens; bias: (heads, n, n); mask: None or (B*nW, n, n). Returns
+        (B*nW, n, E)."""
+        chunks = t.transpose(1, 2).split(self.d, dim=1)  # channel-major (B*nW, E/h, n), one Split node
         outs = []
-        feat = chunks[0]
         for i in range(self.num_heads):
-            if i > 0:
-                feat = feat + chunks[i]  # cascade: previous head's output refines this head's input
-            qkv = self.qkvs[i](feat)
-            q, k, v = qkv.split([self.key_dim, self.key_dim, self.d], dim=1)
-            q = self.dws[i](q)
-            n = ws * ws  # static shapes below keep the exported graph free of per-head shape arithmetic
-            q, k, v = q.reshape(-1, self.key_dim, n), k.reshape(-1, self.key_dim, n), v.reshape(-1, self.d, n)
-            attn = (q.transpose(-2, -1) @ k) * self.scale + bias[i]
-            if mask is not None:
-                attn = attn + mask
-            attn = attn.softmax(dim=-1)
-            feat = (v @ attn.transpose(-2, -1)).reshape(-1, self.d, ws, ws)
-            outs.append(feat)
-        return self.proj(torch.cat(outs, dim=1))
+            feat = chunks[i] if i == 0 else outs[-1] + chunks[i]  # cascade: previous head refines this input
+            outs.append(self._head(i, feat, bias, mask))
+        return pointwise(self.proj[1], self.proj[0](torch.cat(outs, dim=1))).transpose(1, 2)
+
+
+def pointwise(unit: ConvBN, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 ConvBN on (N, C, L) tokens: one Conv1d in the deploy form (no reshapes to 4-D and back);
+    the training form runs its Conv2d + BN on an (N, C, L, 1) view."""
+    if unit.deploy:
+        return F.conv1d(x, unit.c.weight[..., 0], unit.c.bias)
+    return unit(x.unsqueeze(-1)).squeeze(-1)
 
 
 class EfficientShiftingWindowAttention(nn.Module):
@@ -157,23 +217,28 @@ class EfficientShiftingWindowAttention(nn.Module):
         self.groupatt = CascadedGroupAttention(dim, key_dim, num_heads, dim / (key_dim * num_heads),
                                                window_size, kernel, deploy=deploy)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         n = self.window_size * self.window_size
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
-        bias = bias.reshape(n, n, self.num_heads).permute(2, 0, 1)  # (heads, n, n)
-        return self.groupatt(x, bias, mask)
+        bias = bias.reshape(n, n, self.num_heads).permute(2, 0, 1)  # (heads, query, key): folds on export
+        if t.dim() == 2:  # plain windows arrive as (B*H*W, E); shifted ones already gathered to (B*nW, n, E)
+            t = t.reshape(-1, n, self.groupatt.dim)
+        return self.groupatt(t, bias, mask)
 
 
 class GSWABlock(nn.Module):
-    """Swin block with GSWA: x + attn(LN1(x)) in (shifted) windows, then x + MLP(LN2(x)).
+    """Swin block with GSWA on window tokens: x + attn(LN1(x)) in (shifted) windows, then x + MLP(LN2(x)).
 
-    ``public=True`` computes what the public code does: its attention returns its (normalised, windowed)
-    input, and the shift and window partition are undone, so the block is x + LN1(x), then x + MLP(LN2(x)).
-    The attention's weights stay in the module (checkpoints carry them) but are not used."""
+    Shifted blocks gather their tokens into the shifted windows and back (``WindowContext``), which equals
+    SwinIR's roll, partition, merge and roll back. ``public=True`` computes what the public code does: its
+    attention returns its (normalised, windowed) input, and the shift and window partition are undone, so
+    the block is x + LN1(x), then x + MLP(LN2(x)). The attention's weights stay in the module (checkpoints
+    carry them) but are not used."""
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, key_dim: int,
                  mlp_ratio: float, kernel: int, deploy: bool = False, public: bool = False):
         super().__init__()
+        self.dim = dim
         self.window_size = window_size
         self.shift_size = shift_size
         self.public = public
@@ -182,20 +247,18 @@ class GSWABlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, ctx: WindowContext) -> torch.Tensor:
         if self.public:
-            x = x + self.norm1(x)
-            return x + self.mlp(self.norm2(x))
-        b, _, c = x.shape
-        y = self.norm1(x).reshape(b, h, w, c)
+            t = t + self.norm1(t)
+            return t + self.mlp(self.norm2(t))
+        y = self.norm1(t)
         if self.shift_size:
-            y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        y = self.attn(windows_nchw(y, self.window_size), mask if self.shift_size else None)
-        y = merge_windows(y, b, h, w)
+            y = y.reshape(-1, self.dim)[ctx.to_shifted]
+        y = self.attn(y, ctx.mask if self.shift_size else None).reshape(-1, self.dim)
         if self.shift_size:
-            y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        x = x + y.reshape(b, h * w, c)
-        return x + self.mlp(self.norm2(x))
+            y = y[ctx.to_plain]
+        t = t + y
+        return t + self.mlp(self.norm2(t))
 
 
 class BasicLayer(nn.Module):
@@ -206,35 +269,36 @@ class BasicLayer(nn.Module):
             GSWABlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, key_dim, mlp_ratio,
                       kernel, deploy, public) for i in range(depth))
 
-    def forward(self, x, h, w, mask):
+    def forward(self, t: torch.Tensor, ctx: WindowContext) -> torch.Tensor:
         for blk in self.blocks:
-            x = blk(x, h, w, mask)
-        return x
+            t = blk(t, ctx)
+        return t
 
 
 class RSTB(nn.Module):
-    """Residual group: blocks, then Conv3x3 on the map, plus the group input."""
+    """Residual group: blocks, then Conv3x3 on the map, plus the group input (all on window tokens)."""
 
     def __init__(self, dim: int, **kw):
         super().__init__()
+        self.window_size = kw["window_size"]
         self.residual_group = BasicLayer(dim, **kw)
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor, h: int, w: int, mask: torch.Tensor) -> torch.Tensor:
-        b, _, c = x.shape
-        y = self.residual_group(x, h, w, mask).transpose(1, 2).reshape(b, c, h, w)
-        return self.conv(y).flatten(2).transpose(1, 2) + x
+    def forward(self, t: torch.Tensor, ctx: WindowContext) -> torch.Tensor:
+        y = window_map(self.residual_group(t, ctx), ctx.b, ctx.h, ctx.w, self.window_size)
+        return window_tokens(self.conv(y), self.window_size) + t
 
 
 class PatchNorm(nn.Module):
-    """`patch_embed` of SwinIR with patch size 1: only its LayerNorm has weights (key ``norm``)."""
+    """`patch_embed` of SwinIR with patch size 1: only its LayerNorm has weights (key ``norm``); it acts
+    per token, here on window tokens."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.flatten(2).transpose(1, 2))
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.norm(t)
 
 
 class AgileIR(nn.Module):
@@ -258,16 +322,23 @@ class AgileIR(nn.Module):
         # pixelshuffledirect (every shipped option): Conv3x3 E -> 3 s^2, PixelShuffle(s)
         self.upsample = nn.Sequential(nn.Conv2d(e, 3 * upscale * upscale, 3, 1, 1), nn.PixelShuffle(upscale))
 
+    def window_context(self, x: torch.Tensor) -> WindowContext:
+        """Per-forward values every block shares: one mask and one pair of gathers for all shifted blocks
+        (same padded size, window and shift), repeated per image. The public form needs none."""
+        b, _, h, w = x.shape
+        ctx = WindowContext(b, h, w)
+        if self.cfg.attention == "intended" and any(d > 1 for d in self.cfg.depths):
+            ws = self.window_size
+            ctx.mask = shift_window_mask(h, w, ws, ws // 2, x).repeat(b, 1, 1)
+            ctx.to_shifted, ctx.to_plain = shift_gather_indices(b, h, w, ws, ws // 2, x.device)
+        return ctx
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        ws = self.window_size
-        # One mask per forward, shared by all shifted blocks (same padded size, same window and shift),
-        # repeated per image so each head adds it without reshapes: (B*nW, n, n). The public form needs none.
-        mask = None if self.cfg.attention == "public" else shift_window_mask(h, w, ws, ws // 2, x).repeat(b, 1, 1)
-        t = self.patch_embed(x)
+        ctx = self.window_context(x)
+        t = self.patch_embed(window_tokens(x, self.window_size))
         for layer in self.layers:
-            t = layer(t, h, w, mask)
-        return self.norm(t).transpose(1, 2).reshape(b, c, h, w)
+            t = layer(t, ctx)
+        return window_map(self.norm(t), ctx.b, ctx.h, ctx.w, self.window_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
