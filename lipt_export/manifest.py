@@ -178,8 +178,8 @@ class Manifest:
     root: Optional[Path] = field(default=None, compare=False)  # the export directory it was read from
     # golden.npz: inputs and the eager model's outputs, so `lipt-export verify` can check every artifact later
     golden: Mapping[str, Any] = field(default_factory=dict)
-    # per precision: the CPU runtime measured fastest at export within the file's own numerics, with the
-    # machine it was measured on (`upscale --runtime auto` trusts it only on the same machine)
+    # per precision: the CPU execution measured fastest at export within the artifact's accuracy budget, with
+    # the machine it was measured on (`upscale --runtime auto` trusts it only on the same machine)
     runtime_choice: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

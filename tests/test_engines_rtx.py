@@ -231,3 +231,48 @@ def test_int8_is_marked_recommended_or_not_from_measured_latencies(lipt_precisio
     assert int8["recommended"] is faster
     assert ("int8: recommended" if faster else "int8: NOT recommended") in output
     assert "cpu runtime: " in output and man["runtime_choice"]["fp32"]["runtime"] in ("onnxruntime", "openvino-f32")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+def test_auto_runtime_is_chosen_per_artifact_within_its_accuracy_budget(lipt_precisions):
+    """Every ONNX file gets its own `--runtime auto` record. OpenVINO runs the INT8 Q/DQ file with INT8 kernels
+    (not ONNX Runtime's numerics), so that execution is judged by its PSNR-Y drop against the fp32 file on ONNX
+    Runtime, within the export's INT8 budget; recomputed here with ONNX Runtime and OpenVINO called directly."""
+    import numpy as np
+    import onnxruntime as ort
+    import openvino as ov
+
+    from lipt_export.validation.metrics import psnr_y_nchw
+    from lipt_export.validation.runtime_choice import accuracy_pairs
+    from lipt_export.validation.verify import load_golden
+    from lipt_export.manifest import read_manifest
+
+    d, output = lipt_precisions
+    man = _manifest(d)
+    choices = man["runtime_choice"]
+    assert set(choices) == {"fp32", "fp16", "int8"}
+    for precision, rec in choices.items():
+        path = "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+        assert f"cpu runtime: {rec['runtime']} for {path}" in output
+        cands = {c["runtime"]: c for c in rec["candidates"]}
+        eligible = {k: c for k, c in cands.items() if c["within_budget"]}
+        assert "onnxruntime" in eligible and rec["runtime"] in eligible
+        if len(eligible) > 1:
+            assert rec["runtime"] == min(eligible, key=lambda k: eligible[k]["median_ms"])
+        left = {c["runtime"] for c in rec["left_out"]}
+        assert set(cands) | left == {"onnxruntime", "openvino-f32", "openvino-bf16"}
+    ov_int8 = {c["runtime"]: c for c in choices["int8"]["candidates"]}["openvino-f32"]
+    assert ov_int8["rel_l2"] > 1e-4  # INT8 kernels, not the file as ONNX Runtime runs it
+    budget = next(a for a in man["artifacts"] if a["path"] == "model.int8.onnx")["int8"]["max_psnr_drop_db"]
+    assert ov_int8["budget_db"] == budget and ov_int8["against"] == "fp32 file on onnxruntime"
+    # the recorded delta, recomputed without lipt-export's runners
+    inputs, _ = load_golden(read_manifest(d))
+    pairs = accuracy_pairs(inputs, man["model"]["scale"])
+    ref = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+    core = ov.Core()
+    q = core.compile_model(core.read_model(str(d / "model.int8.onnx")), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    shave = man["model"]["scale"]
+    base = np.mean([psnr_y_nchw(ref.run(None, {"lr": lr})[0], hr, shave) for lr, hr in pairs])
+    got = np.mean([psnr_y_nchw(np.asarray(q({0: lr})[q.outputs[0]]), hr, shave) for lr, hr in pairs])
+    assert abs((got - base) - ov_int8["delta_psnr_y_db"]) < 2e-3
+    assert ov_int8["within_budget"] is bool(base - got <= budget)

@@ -149,10 +149,14 @@ def print_summary(result) -> None:
                 min((k for k in ms if k != "int8"), key=ms.get) + ")"
             click.echo(f"int8: {verdict} on {speed['runtime']} here, {speed['probe_hw'][0]}x{speed['probe_hw'][1]}: "
                        + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
-    choice = man.runtime_choice.get("fp32")
-    if choice:
-        click.echo(f"cpu runtime: {choice['runtime']} for model.onnx (`upscale --runtime auto`; fastest within "
-                   f"the file's own numerics here: {runtime_summary(choice)})")
+    for e in man.select("onnx"):
+        choice = man.runtime_choice.get(e.precision)
+        if choice:
+            click.echo(f"cpu runtime: {choice['runtime']} for {e.path} (`--runtime auto`: fastest within its "
+                       f"accuracy budget here: {runtime_summary(choice)})")
+    left_out = {c["runtime"]: c["why"] for rec in man.runtime_choice.values() for c in rec.get("left_out", [])}
+    for rt, why in left_out.items():
+        click.echo(f"  not a candidate: {rt} ({why})")
     click.echo("")
     click.echo(format_table(("stage", "seconds"), [[k, f"{v:.2f}"] for k, v in result.timings.items()]))
     click.echo(f"\nmanifest: {result.out_dir / 'manifest.json'}   report: {result.out_dir / 'report.md'}")

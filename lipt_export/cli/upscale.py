@@ -37,10 +37,11 @@ from lipt_export.validation.runtime_choice import resolve_runtime
 @click.option("--threads", default=None, type=int, help="ONNX Runtime threads (default: all cores, at most 8).")
 @click.option("--runtime", default="auto", show_default=True,
               type=click.Choice(["auto", *RUNTIMES]),
-              help="CPU runtime for ONNX artifacts. auto: the fastest that keeps the file's own numerics (ONNX "
-                   "Runtime or OpenVINO f32), as measured at export on this machine (else measured now); it says "
-                   "which. openvino-bf16 is a different numerical artifact, used only when named (a CPU without "
-                   "bf16 runs f32 and says so).")
+              help="CPU runtime for ONNX artifacts. auto: the fastest execution of the artifact within its "
+                   "accuracy budget, as measured at export on this machine (else measured now); it says which. "
+                   "Within budget: the file's own numerics (ONNX Runtime, OpenVINO f32), or bf16 (CPUs that "
+                   "compile it) within 0.01 dB PSNR-Y, or OpenVINO's INT8 kernels within the export's INT8 "
+                   "budget. Named runtimes run as asked (a CPU without bf16 runs f32 and says so).")
 @click.option("--skip-existing", is_flag=True, help="Leave outputs that already exist alone (resume a large folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, threads,

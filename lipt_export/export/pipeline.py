@@ -48,7 +48,7 @@ from lipt_export.runtime.trt import tensorrt_rtx_status, tensorrt_status
 from lipt_export.validation.extras import parity_extras_for
 from lipt_export.validation.inputs import natural_inputs
 from lipt_export.validation.parity import FP32_REL_L2_LIMIT, Parity, compare, fp32_parity_ok, rel_l2
-from lipt_export.validation.runtime_choice import int8_recommendation, measure_runtime_choice
+from lipt_export.validation.runtime_choice import int8_recommendation, measure_export_choices
 
 logger = logging.getLogger(__name__)
 
@@ -380,8 +380,8 @@ def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, re
             with stage("lint"):
                 entries = lint_stage(tmp_dir, entries)
         golden = write_golden(tmp_dir, parity_inputs, reference)
-        with stage("runtime"):  # which CPU runtime runs the fp32 file fastest here, for `upscale --runtime auto`
-            runtime_choice = {"fp32": measure_runtime_choice(fp32_path, "fp32", parity_inputs)}
+        with stage("runtime"):  # the fastest CPU execution of each ONNX file within budget, for `--runtime auto`
+            runtime_choice = measure_export_choices(tmp_dir, entries, parity_inputs, cfg.scale)
             entries = int8_speed_stage(tmp_dir, entries, parity_inputs)
         engines: List[ArtifactEntry] = []
         if engine_backend != "onnxruntime":

@@ -1,9 +1,15 @@
-"""Which CPU runtime runs an ONNX artifact fastest *as written*: measured at export, used by `--runtime auto`.
+"""Which CPU execution of an ONNX artifact is fastest within its accuracy budget: measured at export for every
+ONNX artifact, used by `--runtime auto`.
 
-Candidates are the executions that keep the file's own numerics: ONNX Runtime and OpenVINO at f32 (where it is
-installed). Each runs the golden inputs; one within the fp32 gate of ONNX Runtime's output (rel-L2 <= 1e-4) is
-eligible, and the fastest eligible one (interleaved rounds on the golden inputs) is chosen. bf16 executions are
-not candidates: they are a different numerical artifact and are asked for by name (``--runtime openvino-bf16``).
+Candidates: ONNX Runtime (the execution the export validated), OpenVINO at f32, and OpenVINO at bf16 where the
+CPU really compiles bf16 (read back; elsewhere it would be the f32 execution again and is left out, saying so).
+An execution within the fp32 gate of ONNX Runtime's output (rel-L2 <= 1e-4) keeps the file's own numerics and
+is eligible. One that does not (bf16 arithmetic; OpenVINO running an INT8 Q/DQ file with INT8 kernels) is
+judged by PSNR-Y on image pairs: |PSNR-Y - the file on ONNX Runtime| <= 0.01 dB for fp32/fp16 files, and for the
+INT8 file a drop against the fp32 file on ONNX Runtime within the export's INT8 budget (``--max-psnr-drop``).
+The pairs are synthetic natural HR images ``scale`` x the golden sizes, downscaled by MATLAB-style bicubic, so
+the LR sizes are the golden ones. The fastest eligible execution (interleaved rounds on the largest golden
+input) is chosen.
 
 The record names the machine it was measured on (CPU model, cores, runtime versions); on another machine
 ``auto`` measures again rather than trusting it, and says so.
@@ -22,11 +28,17 @@ from lipt_export.manifest import ArtifactEntry, Manifest
 from lipt_export.runtime.loader import onnx_runner
 from lipt_export.runtime.openvino import openvino_status
 from lipt_export.validation.bench import interleaved_stats
+from lipt_export.validation.imresize import imresize
+from lipt_export.validation.inputs import natural_inputs
+from lipt_export.validation.metrics import psnr_y_nchw
 from lipt_export.validation.parity import FP32_REL_L2_LIMIT, rel_l2
 from lipt_export.validation.verify import load_golden
 
-AUTO_CANDIDATES = ("onnxruntime", "openvino-f32")
-BUDGET = f"rel-L2 <= {FP32_REL_L2_LIMIT:g} against ONNX Runtime on the golden inputs (the file's own numerics)"
+AUTO_CANDIDATES = ("onnxruntime", "openvino-f32", "openvino-bf16")
+FLOAT_BUDGET_DB = 0.01  # |delta PSNR-Y| allowed when an execution changes an fp32/fp16 file's arithmetic
+BUDGET = (f"rel-L2 <= {FP32_REL_L2_LIMIT:g} against ONNX Runtime on the golden inputs (the file's own numerics), "
+          f"else |delta PSNR-Y| <= {FLOAT_BUDGET_DB} dB against the file on ONNX Runtime (INT8 file: its drop against "
+          f"fp32 within the export's INT8 budget) on synthetic HR/LR pairs")
 
 
 def machine_fingerprint() -> str:
@@ -46,18 +58,59 @@ def machine_fingerprint() -> str:
     return f"{cpu} x{os.cpu_count()}; {versions}"
 
 
+def accuracy_pairs(inputs: Sequence[np.ndarray], scale: int, seed: int = 11
+                   ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(LR, HR) NCHW float32 pairs whose LR sizes are the golden inputs' sizes."""
+    pairs = []
+    for x in inputs:
+        h, w = x.shape[2:]
+        (hr,) = natural_inputs([(h * scale, w * scale)], seed=seed)
+        lr = hr if scale == 1 else np.clip(imresize(hr[0].transpose(1, 2, 0), 1 / scale), 0, 1)
+        lr = np.ascontiguousarray(np.asarray(lr, np.float32).reshape(h, w, 3).transpose(2, 0, 1)[None])
+        pairs.append((lr, hr))
+    return pairs
+
+
+def mean_psnr_y(runner, pairs, shave: int) -> float:
+    return float(np.mean([psnr_y_nchw(runner.infer(lr), hr, shave) for lr, hr in pairs]))
+
+
 def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarray], threads: Optional[int] = None,
-                           runs: int = 3) -> Dict[str, Any]:
-    """The record stored in the manifest's ``runtime_choice[precision]``."""
+                           runs: int = 3, *, scale: int = 1, fp32_path: Optional[Path] = None,
+                           int8_budget_db: Optional[float] = None) -> Dict[str, Any]:
+    """The record stored in the manifest's ``runtime_choice[precision]`` for the ONNX file at ``path``.
+    ``fp32_path`` and ``int8_budget_db`` are needed to judge executions of an INT8 file."""
     names = [rt for rt in AUTO_CANDIDATES if rt == "onnxruntime" or openvino_status()[0]]
-    runners = {rt: onnx_runner(path, rt, precision=precision, threads=threads) for rt in names}
-    for rt, r in runners.items():
+    runners, left_out = {}, []
+    for rt in names:
+        r = onnx_runner(path, rt, precision=precision, threads=threads)
+        if rt == "openvino-bf16" and r.inference_precision != "bf16":
+            left_out.append({"runtime": rt, "why": "this CPU has no bf16: OpenVINO compiles f32 (= openvino-f32)"})
+            continue
         r.name = rt
+        runners[rt] = r
     ref = [runners["onnxruntime"].infer(x) for x in inputs]
+    pairs, shave, base = None, max(scale, 1), None
     candidates: List[Dict[str, Any]] = []
     for rt, r in runners.items():
         err = 0.0 if rt == "onnxruntime" else max(rel_l2(r.infer(x), y) for x, y in zip(inputs, ref))
-        candidates.append({"runtime": rt, "rel_l2": err, "within_budget": bool(err <= FP32_REL_L2_LIMIT)})
+        cand = {"runtime": rt, "rel_l2": err, "within_budget": bool(err <= FP32_REL_L2_LIMIT)}
+        if not cand["within_budget"]:  # a different arithmetic: judged by what it does to PSNR-Y
+            if pairs is None:
+                pairs = accuracy_pairs(inputs, scale)
+                base_runner = runners["onnxruntime"]
+                if precision == "int8" and fp32_path is not None:
+                    base_runner = onnx_runner(fp32_path, "onnxruntime", threads=threads)
+                base = mean_psnr_y(base_runner, pairs, shave)
+            delta = mean_psnr_y(r, pairs, shave) - base
+            if precision == "int8":
+                budget = int8_budget_db if int8_budget_db is not None and fp32_path is not None else None
+                cand.update(delta_psnr_y_db=round(delta, 4), against="fp32 file on onnxruntime",
+                            budget_db=budget, within_budget=bool(budget is not None and -delta <= budget))
+            else:
+                cand.update(delta_psnr_y_db=round(delta, 4), against="this file on onnxruntime",
+                            budget_db=FLOAT_BUDGET_DB, within_budget=bool(abs(delta) <= FLOAT_BUDGET_DB))
+        candidates.append(cand)
     eligible = [runners[c["runtime"]] for c in candidates if c["within_budget"]]
     if len(eligible) > 1:
         probe = max(inputs, key=lambda x: x.size)
@@ -70,7 +123,21 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
     else:
         best, probe_hw = "onnxruntime", None
     return {"runtime": best, "machine": machine_fingerprint(), "budget": BUDGET, "candidates": candidates,
-            "probe_hw": probe_hw, "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "left_out": left_out, "probe_hw": probe_hw,
+            "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def measure_export_choices(root: Path, entries: Sequence[ArtifactEntry], inputs: Sequence[np.ndarray], scale: int,
+                           threads: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+    """``runtime_choice`` for every ONNX artifact of an export (files under ``root``)."""
+    onnx = {e.precision: e for e in entries if e.format == "onnx"}
+    fp32 = root / onnx["fp32"].path if "fp32" in onnx else None
+    out = {}
+    for precision, e in onnx.items():
+        budget = (e.get("int8") or {}).get("max_psnr_drop_db") if precision == "int8" else None
+        out[precision] = measure_runtime_choice(root / e.path, precision, inputs, threads, scale=scale,
+                                                fp32_path=fp32, int8_budget_db=budget)
+    return out
 
 
 def choose_runtime(manifest: Manifest, entry: ArtifactEntry, path: Path, threads: Optional[int] = None
@@ -86,7 +153,10 @@ def choose_runtime(manifest: Manifest, entry: ArtifactEntry, path: Path, threads
     if not manifest.golden:
         return "onnxruntime", "no golden inputs in this export to measure the others on"
     inputs, _ = load_golden(manifest)
-    fresh = measure_runtime_choice(path, entry.precision, inputs, threads)
+    fp32 = manifest.select("onnx", "fp32")
+    fresh = measure_runtime_choice(path, entry.precision, inputs, threads, scale=manifest.model.scale,
+                                   fp32_path=manifest.artifact_path(fp32[0]) if fp32 else None,
+                                   int8_budget_db=(entry.get("int8") or {}).get("max_psnr_drop_db"))
     where = "measured now (the export's record is from another machine)" if record else "measured now"
     return str(fresh["runtime"]), f"{where}: {runtime_summary(fresh)}"
 
@@ -95,7 +165,12 @@ def runtime_summary(record: Dict[str, Any]) -> str:
     parts = []
     for c in record.get("candidates", []):
         if not c.get("within_budget"):
-            parts.append(f"{c['runtime']} outside the budget (rel-L2 {c['rel_l2']:.1e})")
+            why = (f"rel-L2 {c['rel_l2']:.1e}" if "delta_psnr_y_db" not in c else
+                   f"{c['delta_psnr_y_db']:+.3f} dB PSNR-Y against the {c['against']}, budget "
+                   + (f"{c['budget_db']:g} dB" if c.get("budget_db") is not None else "unknown"))
+            parts.append(f"{c['runtime']} outside the budget ({why})")
+        elif "delta_psnr_y_db" in c and "median_ms" in c:
+            parts.append(f"{c['runtime']} {c['median_ms']:.1f} ms ({c['delta_psnr_y_db']:+.3f} dB PSNR-Y)")
         elif "median_ms" in c:
             parts.append(f"{c['runtime']} {c['median_ms']:.1f} ms")
         else:
