@@ -206,8 +206,8 @@ def test_cli_defaults_and_catalog_match_the_library():
     """The command line checks names and shows defaults without importing the library: keep them equal."""
     from lipt_export import catalog
     from lipt_export.cli import export as cli_export
-    from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, EngineOptions
-    from lipt_export.models.registry import available_models
+    from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, DEFAULT_SHAPES, EngineOptions
+    from lipt_export.models.registry import available_models, get_spec
 
     assert {n: (s.variants, s.scales, s.default_variant) for n, s in available_models().items()} == \
         {n: tuple(f) for n, f in catalog.FAMILIES.items()}
@@ -215,6 +215,13 @@ def test_cli_defaults_and_catalog_match_the_library():
     assert cli_export.DEFAULT_COMPUTE_CAPABILITIES == DEFAULT_COMPUTE_CAPABILITIES
     e = EngineOptions()
     assert (cli_export.DEFAULT_SHAPES, cli_export.DEFAULT_BATCH, cli_export.DEFAULT_WORKSPACE_GIB,
-            cli_export.DEFAULT_OPT_LEVEL) == (e.shapes, e.batch, e.workspace_gib, e.builder_opt_level)
+            cli_export.DEFAULT_OPT_LEVEL) == (DEFAULT_SHAPES, e.batch, e.workspace_gib, e.builder_opt_level)
+    # --shapes unset: each family's default profile; AgileIR's is static at its tile, and --shapes wins
+    for name, spec in available_models().items():
+        t = spec.recommended_tile
+        want = f"{t}x{t}:{t}x{t}:{t}x{t}" if spec.static_engine_profile else DEFAULT_SHAPES
+        assert e.for_model(spec).shapes == want
+    assert get_spec("agileir").static_engine_profile and not get_spec("lipt").static_engine_profile
+    assert EngineOptions(shapes="16x16:32x32:48x48").for_model(get_spec("agileir")).shapes == "16x16:32x32:48x48"
     assert cli_export.DEFAULT_PARITY_SIZES == pipeline.DEFAULT_PARITY_SIZES
     assert pipeline.ExportConfig().backend == "auto"

@@ -72,8 +72,10 @@ class _ExportCommand(click.Command):
                    "installed, else ONNX only; onnxruntime = ONNX only.")
 @click.option("--compute-capabilities", default=",".join(DEFAULT_COMPUTE_CAPABILITIES), show_default=True,
               help="TensorRT-RTX targets (RTX 30xx 8.6, RTX 40xx 8.9, RTX 50xx 12.0; also 7.5, 8.0, 12.1).")
-@click.option("--shapes", default=DEFAULT_SHAPES, show_default=True,
-              help="TensorRT profile MINxMIN:OPTxOPT:MAXxMAX (LR H x W).")
+@click.option("--shapes", default=None,
+              help=f"TensorRT profile MINxMIN:OPTxOPT:MAXxMAX (LR H x W). Default {DEFAULT_SHAPES}; AgileIR: static "
+                   "at its tile, 256x256:256x256:256x256 (TensorRT-RTX builds its dynamic range 8x slower; "
+                   "serving tiles/pads inputs to the profile).")
 @click.option("--batch", default=DEFAULT_BATCH, show_default=True, help="TensorRT batch range MIN:OPT:MAX.")
 @click.option("--workspace", default=DEFAULT_WORKSPACE_GIB, show_default=True, type=float,
               help="TensorRT workspace (GiB).")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -28,6 +28,7 @@ from lipt_export.engines.shapes import ProfileSpec, check_max_shape, parse_profi
 from lipt_export.errors import EngineError
 from lipt_export.fileio import save_atomic, sha256_file
 from lipt_export.manifest import ArtifactEntry, Manifest
+from lipt_export.models.registry import ModelSpec
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.runtime.trt import (current_environment, load_engine_runner, require_tensorrt, select_tensorrt,
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Ampere (RTX 30xx, A-series), Ada (RTX 40xx, L4/L40), Blackwell consumer (RTX 50xx): the cards TensorRT-RTX
 # targets today. Each extra capability adds its kernels to the plan (size and build time grow with the list).
 DEFAULT_COMPUTE_CAPABILITIES: Tuple[str, ...] = ("8.6", "8.9", "12.0")
+DEFAULT_SHAPES = "32x32:256x256:512x512"  # LR profile of families with a dynamic default
 
 
 def engine_parity_ok(engine_psnr_db: float, onnx_psnr_db: float, finite: bool = True) -> bool:
@@ -58,7 +60,7 @@ def parse_capabilities(text: str | Sequence[str]) -> Tuple[str, ...]:
 class EngineOptions:
     """How engines are built; the defaults are the CLI's defaults (validated by :meth:`validate`)."""
 
-    shapes: str = "32x32:256x256:512x512"  # LR MINxMIN:OPTxOPT:MAXxMAX
+    shapes: Optional[str] = None  # LR MINxMIN:OPTxOPT:MAXxMAX; None: the model family's default (for_model)
     batch: str = "1:1:1"
     workspace_gib: float = 4.0
     builder_opt_level: int = 3
@@ -66,7 +68,16 @@ class EngineOptions:
     compute_capabilities: Tuple[str, ...] = field(default=DEFAULT_COMPUTE_CAPABILITIES)  # TensorRT-RTX targets
 
     def profile(self) -> ProfileSpec:
-        return parse_profile(self.shapes, self.batch)
+        return parse_profile(self.shapes or DEFAULT_SHAPES, self.batch)
+
+    def for_model(self, spec: ModelSpec) -> "EngineOptions":
+        """``shapes`` as given, else the family's default: one static profile at its recommended tile where the
+        family asks for it (AgileIR: TensorRT-RTX builds its dynamic-shape graph 8x slower, 341 s vs 40 s;
+        inputs are tiled/padded to the profile when served), else :data:`DEFAULT_SHAPES`."""
+        if self.shapes is not None:
+            return self
+        t = spec.recommended_tile
+        return replace(self, shapes=f"{t}x{t}:{t}x{t}:{t}x{t}" if spec.static_engine_profile else DEFAULT_SHAPES)
 
     def validate(self, flavor: str) -> None:
         """Everything checkable before any work: the profile, and for TensorRT-RTX the targets."""

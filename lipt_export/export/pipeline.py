@@ -312,6 +312,7 @@ def lint_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry]) -> List[Artifact
 def run_export(cfg: ExportConfig) -> ExportResult:
     cfg.validate()
     spec = get_spec(cfg.model)
+    cfg = replace(cfg, engine=cfg.engine.for_model(spec))  # --shapes unset: the family's default profile
     if cfg.variant is not None or not cfg.weights:
         resolve_variant(spec, cfg.variant, cfg.scale)  # a bad --variant/--scale fails before any work
     engine_backend, backend_why = resolve_backend(cfg.backend)  # fails fast when a TensorRT is missing

@@ -34,6 +34,9 @@ class ModelSpec:
     # LR tile (pixels) recommended for tiled serving; `tile_required` = run tiled by default (ESRT).
     recommended_tile: int = 256
     tile_required: bool = False
+    # Engines default to one static profile at recommended_tile (TensorRT builds this family's dynamic-shape
+    # graph far slower; served inputs are tiled/padded to the profile anyway). --shapes overrides.
+    static_engine_profile: bool = False
     # Deterministic, non-degenerate weights for tests/benchmarks without a checkpoint (see each model).
     init_for_tests: Optional[Callable[[nn.Module, int], None]] = None
     # Keys of official checkpoints that are accepted and dropped (e.g. size-dependent buffers).
