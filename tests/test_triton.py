@@ -96,6 +96,15 @@ def test_plan_config_from_a_tensorrt_manifest_entry(export_dir, tmp_path):
         write_triton_model(d, tmp_path / "repo", name="big", precision="fp16", max_batch=8)
     onnx_cfg = _load(write_triton_model(d, tmp_path / "repo", name="onnx16", precision="fp16", fmt="onnx"))
     assert onnx_cfg.platform == "onnxruntime_onnx"
+    # the tiled model of a plan pads tiles up to the profile's minimum and refuses tiles beyond its maximum
+    tiled = write_triton_model(d, tmp_path / "repo", name="planbls", precision="fp16", max_batch=4, tiled=True,
+                               tile=256)
+    params = {k: v.string_value for k, v in parse_config(tiled["tiled"]["config"].read_text()).parameters.items()}
+    assert (params["min_height"], params["min_width"], params["tile"]) == ("32", "32", "256")
+    before = sorted(p.name for p in (tmp_path / "repo").iterdir())
+    with pytest.raises(TritonError, match="--tile 600 exceeds the engine's profile"):
+        write_triton_model(d, tmp_path / "repo", name="planbig", precision="fp16", max_batch=4, tiled=True, tile=600)
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == before  # nothing written
 
 
 def test_cli_writes_repo_and_refuses_to_overwrite(export_dir, tmp_path):
@@ -141,7 +150,8 @@ def test_tiled_writes_the_bls_model_with_the_package_tiling_and_checks_before_wr
     assert params == {"target_model": "m", "target_input": manifest.io.input_name,
                       "target_output": manifest.io.output_name, "target_dtype": "float32",
                       "scale": str(manifest.io.scale), "tile": str(tile), "overlap": str(overlap),
-                      "multiple_of": str(manifest.io.multiple_of)}
+                      "multiple_of": str(manifest.io.multiple_of),
+                      "min_height": str(manifest.io.min_size), "min_width": str(manifest.io.min_size)}
     version = res["tiled"]["dir"] / "1"
     import lipt_export.runtime.tiling as tiling
 

@@ -97,7 +97,8 @@ def command(export_dir, setup, server_env, port, host, name, tiled, tile, overla
         for m in models:
             click.echo(f"  model    {m}  ->  {server.http_url}/v2/models/{m}")
         manifest = plain["manifest"]
-        side = max(8, manifest.io.multiple_of)
+        m = max(1, manifest.io.multiple_of)  # a size every model takes as is: no padding in either model
+        side = -(-max(8, manifest.io.min_size, m) // m) * m
         click.echo(f"try (a grey {side}x{side} image, FP32 NCHW in [0, 1]):")
         click.echo("  " + curl_example(server.http_url, plain["name"], plain["io"]["input"]["name"], side))
         click.echo("Ctrl-C or SIGTERM stops the server.")

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import lipt_export.errors
 import lipt_export.runtime.base
@@ -159,7 +159,14 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
     params = {"intra_op_thread_count": threads} if threads is not None and fmt == "onnx" else None
     text = render_config(name, platform, io, max_batch, instances, kind, dynamic_batching, preferred_batch,
                          max_queue_delay_us, params)
-    spec = _tiled_spec(name, io, manifest, tile, overlap) if tiled else None
+    # The smallest input the served model takes: the graph's own minimum, for a plan also its profile's
+    # (AgileIR engines default to a static one); the tiled model pads smaller tiles up to it.
+    min_hw = (manifest.io.min_size, manifest.io.min_size)
+    if fmt == "tensorrt":
+        pmin = entry.get("profile")["min"]
+        min_hw = (max(min_hw[0], int(pmin[2])), max(min_hw[1], int(pmin[3])))
+    spec = _tiled_spec(name, io, manifest, tile, overlap, min_hw, entry.get("profile") if fmt == "tensorrt" else None
+                       ) if tiled else None
     for existing in [repo / name] + ([repo / spec["name"]] if spec else []):
         if existing.exists() and not force:
             raise TritonError(f"{existing} already exists; pass --force to replace it")
@@ -216,19 +223,26 @@ def vendored_tiling_files() -> Dict[str, Path]:
 
 
 def _tiled_spec(target_name: str, target_io: Dict[str, Dict[str, str]], manifest: Manifest, tile: Optional[int],
-                overlap: Optional[int]) -> Dict[str, Any]:
+                overlap: Optional[int], min_hw: Tuple[int, int], profile: Optional[Mapping[str, Any]] = None
+                ) -> Dict[str, Any]:
     """Config and files of ``<target>_tiled``, the BLS model that serves any image size through the target.
-    Tile and overlap come from the export's tiling policy (its recommended tile unless ``tile`` is given)."""
+    Tile and overlap come from the export's tiling policy (its recommended tile unless ``tile`` is given);
+    tiles below ``min_hw`` are padded up to it; with a plan's ``profile`` the tile must fit its maximum."""
     policy = TilingPolicy.from_io(manifest.io)
     size, ov = policy.resolve(tile, overlap, default_tile=policy.recommended_tile)
     if size is None:
         raise TritonError("the tiled model needs a tile: use --tile N with N > 0")
+    if profile is not None:
+        pmax = (int(profile["max"][2]), int(profile["max"][3]))
+        if size > min(pmax):
+            raise TritonError(f"--tile {size} exceeds the engine's profile (LR up to {pmax[0]}x{pmax[1]}); use "
+                              f"--tile {min(pmax)} or less, or rebuild the engine with a larger --shapes")
     name = f"{target_name}_tiled"
     in_name, out_name = target_io["input"]["name"], target_io["output"]["name"]
     io = {"input": {"name": in_name, "dtype": "float32"}, "output": {"name": out_name, "dtype": "float32"}}
     params = {"target_model": target_name, "target_input": in_name, "target_output": out_name,
               "target_dtype": target_io["input"]["dtype"], "scale": manifest.io.scale, "tile": size,
-              "overlap": ov, "multiple_of": manifest.io.multiple_of}
+              "overlap": ov, "multiple_of": manifest.io.multiple_of, "min_height": min_hw[0], "min_width": min_hw[1]}
     text = render_config(name, "", io, 0, 1, "KIND_CPU", False, parameters=params, backend="python")
     files = {"model.py": TRITON_MODELS_DIR / "tiled_model.py", **vendored_tiling_files()}
     return {"name": name, "text": text, "files": files, "tile": size, "overlap": ov, "io": io}

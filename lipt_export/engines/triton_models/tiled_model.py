@@ -5,7 +5,7 @@ by the tile, whatever the image size; outputs equal ``lipt-export upscale --tile
 
 Parameters (config.pbtxt, written by ``lipt-export triton --tiled``): ``target_model``, ``target_input``,
 ``target_output``, ``target_dtype`` (the target's I/O dtype), ``scale``, ``tile``, ``overlap``,
-``multiple_of``. Input and output are float32 NCHW; images in one request run one after another.
+``multiple_of``, ``min_height``/``min_width`` (smaller tiles are padded up to them, as ``upscale`` does). Input and output are float32 NCHW; images in one request run one after another.
 """
 import json
 import os
@@ -47,6 +47,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         target = _TargetRunner(p["target_model"], p["target_input"], p["target_output"], np.dtype(p["target_dtype"]))
+        min_hw = (int(p.get("min_height", 1)), int(p.get("min_width", 1)))
+        if max(min_hw) > 1:  # the served graph (or a plan's profile) takes nothing smaller: pad, then crop
+            target = tiling.PadToMin(target, int(p["scale"]), min_hw)
         self.tiled = tiling.TiledRunner(target, int(p["scale"]), int(p["tile"]), int(p["overlap"]), int(p["multiple_of"]))
         self.input_name, self.output_name = config["input"][0]["name"], config["output"][0]["name"]
 
