@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -89,7 +88,7 @@ def main() -> None:
             print(f"{label}: {nodes} nodes after onnxsim, exported in {results['forms'][label]['export_s']} s")
             runners.append(TorchRunner(module, name=f"eager deploy, {label}"))
             for rt in runtimes:
-                runners.append(onnx_runner(path, rt, threads=args.threads, name=f"ONNX {label}@{rt}"))
+                runners.append(onnx_runner(path, rt, threads=args.threads))
                 runners[-1].name = f"ONNX {label} @ {rt}"
         for item in args.extra_onnx:
             label, _, path = item.partition("=")

@@ -34,7 +34,7 @@ from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.validation.inputs import natural_inputs
 from lipt_export.validation.parity import compare, rel_l2
 
-from helpers.agileir_reference import swinir_forward
+from helpers.agileir_reference import swinir_forward, swinir_mask
 
 # models.md §3.3: parameters of the public model per option file, x2 / x3 / x4
 PARAMS = {"v2": (8_687_424, 8_711_739, 8_745_780), "medium": (8_580_864, 8_605_179, 8_639_220),
@@ -53,19 +53,6 @@ def test_parameter_counts_match_the_option_files(variant):
     for scale, want in zip((2, 3, 4), PARAMS[variant]):
         model = agileir.build(variant, scale)
         assert sum(p.numel() for p in model.parameters()) == want, (variant, scale)
-
-
-def swinir_mask(h, w, ws, shift):
-    """SwinIR's `calculate_mask` (slice assignment on a padded-size image), the reference."""
-    img = torch.zeros(1, h, w, 1)
-    cnt = 0
-    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            img[:, hs, wsl, :] = cnt
-            cnt += 1
-    win = img.reshape(1, h // ws, ws, w // ws, ws, 1).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws)
-    diff = win[:, None, :] - win[:, :, None]
-    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
 
 
 @pytest.mark.parametrize("h,w,ws", [(64, 64, 8), (48, 80, 8), (16, 8, 8), (32, 48, 16), (64, 64, 16)])

@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import lipt_export.errors
 import lipt_export.runtime.base
@@ -29,6 +29,7 @@ from lipt_export.fileio import replace_dir
 from lipt_export.manifest import ArtifactEntry, Manifest, read_manifest, write_manifest
 from lipt_export.runtime.loader import checked_artifact
 from lipt_export.runtime.tiling import TilingPolicy
+from lipt_export.runtime.trt import ProfileSpec
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 _ONNX_ELEM = {1: "float32", 10: "float16"}
@@ -143,8 +144,9 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
         raise TritonError("--max-batch must be >= 0 and --instances >= 1")
     if dynamic_batching and max_batch < 2:
         raise TritonError("dynamic batching needs --max-batch >= 2")
-    if fmt == "tensorrt":
-        pmin, pmax = entry.get("profile")["min"][0], entry.get("profile")["max"][0]
+    profile = ProfileSpec.from_dict(entry.get("profile")) if fmt == "tensorrt" else None
+    if profile is not None:
+        pmin, pmax = profile.batch[0], profile.batch[2]
         if max_batch > pmax or (max_batch > 0 and pmin > 1):
             raise TritonError(f"the engine's profile allows batch {pmin}..{pmax}; use --max-batch <= {pmax} (or "
                               f"rebuild with --batch 1:OPT:{max(max_batch, 1)})")
@@ -159,14 +161,7 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
     params = {"intra_op_thread_count": threads} if threads is not None and fmt == "onnx" else None
     text = render_config(name, platform, io, max_batch, instances, kind, dynamic_batching, preferred_batch,
                          max_queue_delay_us, params)
-    # The smallest input the served model takes: the graph's own minimum, for a plan also its profile's
-    # (AgileIR engines default to a static one); the tiled model pads smaller tiles up to it.
-    min_hw = (manifest.io.min_size, manifest.io.min_size)
-    if fmt == "tensorrt":
-        pmin = entry.get("profile")["min"]
-        min_hw = (max(min_hw[0], int(pmin[2])), max(min_hw[1], int(pmin[3])))
-    spec = _tiled_spec(name, io, manifest, tile, overlap, min_hw, entry.get("profile") if fmt == "tensorrt" else None
-                       ) if tiled else None
+    spec = _tiled_spec(name, io, manifest, tile, overlap, profile) if tiled else None
     for existing in [repo / name] + ([repo / spec["name"]] if spec else []):
         if existing.exists() and not force:
             raise TritonError(f"{existing} already exists; pass --force to replace it")
@@ -223,17 +218,19 @@ def vendored_tiling_files() -> Dict[str, Path]:
 
 
 def _tiled_spec(target_name: str, target_io: Dict[str, Dict[str, str]], manifest: Manifest, tile: Optional[int],
-                overlap: Optional[int], min_hw: Tuple[int, int], profile: Optional[Mapping[str, Any]] = None
-                ) -> Dict[str, Any]:
+                overlap: Optional[int], profile: Optional[ProfileSpec] = None) -> Dict[str, Any]:
     """Config and files of ``<target>_tiled``, the BLS model that serves any image size through the target.
-    Tile and overlap come from the export's tiling policy (its recommended tile unless ``tile`` is given);
-    tiles below ``min_hw`` are padded up to it; with a plan's ``profile`` the tile must fit its maximum."""
+    Tile and overlap come from the export's tiling policy (its recommended tile unless ``tile`` is given).
+    Tiles below the smallest input the target takes (the graph's minimum; for a plan also its ``profile``'s,
+    e.g. AgileIR's static one) are padded up to it; a plan's tile must fit the profile's maximum."""
     policy = TilingPolicy.from_io(manifest.io)
     size, ov = policy.resolve(tile, overlap, default_tile=policy.recommended_tile)
     if size is None:
         raise TritonError("the tiled model needs a tile: use --tile N with N > 0")
+    min_hw = (manifest.io.min_size, manifest.io.min_size)
     if profile is not None:
-        pmax = (int(profile["max"][2]), int(profile["max"][3]))
+        min_hw = (max(min_hw[0], profile.min_hw[0]), max(min_hw[1], profile.min_hw[1]))
+        pmax = profile.max_hw
         if size > min(pmax):
             raise TritonError(f"--tile {size} exceeds the engine's profile (LR up to {pmax[0]}x{pmax[1]}); use "
                               f"--tile {min(pmax)} or less, or rebuild the engine with a larger --shapes")

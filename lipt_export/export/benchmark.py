@@ -38,9 +38,8 @@ from lipt_export.models.loading import prepare_model
 from lipt_export.models.registry import available_models, get_spec
 from lipt_export.runtime.base import Runner, default_threads
 from lipt_export.runtime.eager import TorchRunner
-from lipt_export.runtime.loader import checked_artifact, onnx_runner
+from lipt_export.runtime.loader import checked_artifact, onnx_runner, padded_to_min_size
 from lipt_export.runtime.openvino import check_runtime, openvino_status
-from lipt_export.runtime.tiling import PadToMin
 from lipt_export.runtime.trt import engine_runtime_status
 from lipt_export.validation.bench import interleaved_stats
 from lipt_export.validation.datasets import open_dataset
@@ -140,7 +139,7 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
                 runners.append(_named(TorchRunner(module, name=name), name))
                 rows[name] = {"row": name, "runtime": "pytorch", "precision": "fp32", "graph": graph}
             name = "naive ONNX (train graph)"
-            runners.append(_named(_min_size(onnx_runner(naive, threads=threads), man), name))
+            runners.append(_named(padded_to_min_size(onnx_runner(naive, threads=threads), man.io), name))
             rows[name] = {"row": name, "runtime": "onnxruntime", "precision": "fp32", "graph": "train"}
         for entry in man.artifacts:
             if entry.format != "onnx":
@@ -152,7 +151,7 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
             for rt in runtimes:
                 runner = onnx_runner(path, rt, precision=entry.precision, threads=threads)
                 name = f"{entry.path} @ {runner.runtime}"
-                runners.append(_named(_min_size(runner, man), name))
+                runners.append(_named(padded_to_min_size(runner, man.io), name))
                 rows[name] = {"row": name, "runtime": runner.runtime, "precision": entry.precision,
                               "graph": "deploy"}
         log.info(f"timing {len(runners)} runners on {len(inputs)} input(s), {runs} interleaved rounds")
@@ -190,14 +189,6 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
 
 def _named(runner: Runner, name: str) -> Runner:
     runner.name = name
-    return runner
-
-
-def _min_size(runner: Runner, man: Manifest) -> Runner:
-    if man.io.min_size > 1:
-        wrapped = PadToMin(runner, man.io.scale, (man.io.min_size, man.io.min_size))
-        wrapped.name = runner.name
-        return wrapped
     return runner
 
 

@@ -76,11 +76,11 @@ def relative_position_index(ws: int) -> torch.Tensor:
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
 
-# The body runs on "window tokens": (B*nW, ws*ws, C), windows in raster order per image, tokens in raster
+# The body runs on "window tokens": (B*H*W, C) rows, windows in raster order per image, tokens in raster
 # order per window. LayerNorm, MLP and residual adds act per token, so they do not care about the order;
 # only the RSTB's 3x3 conv needs the map back. Keeping windows as the layout (instead of partitioning and
 # merging in every block, as SwinIR does) removes two 6-D transposes and their shape arithmetic per block,
-# and every per-block reshape has a static shape (-1, n, C).
+# and the attention views the rows as (-1, n, C) windows with a static shape.
 
 def window_tokens(x: torch.Tensor, ws: int) -> torch.Tensor:
     """(B, C, H, W) map -> (B*H*W, C) window tokens."""
@@ -99,8 +99,7 @@ def window_map(t: torch.Tensor, b: int, h: int, w: int, ws: int) -> torch.Tensor
 def shift_window_mask(h: int, w: int, ws: int, shift: int, like: torch.Tensor) -> torch.Tensor:
     """The SW-MSA mask for a padded (h, w) map: (nW, ws*ws, ws*ws) with MASK_VALUE between tokens from
     different regions of the rolled map, 0 elsewhere. Identical to SwinIR's `calculate_mask`, but built from
-    arange/compare so h, w stay graph values (no Python slicing on sizes, no size-specific buffer).
-    Symmetric, so it serves scores and transposed scores alike."""
+    arange/compare so h, w stay graph values (no Python slicing on sizes, no size-specific buffer)."""
     rows = torch.arange(h, device=like.device)
     cols = torch.arange(w, device=like.device)
     row_region = (rows >= h - ws).long() + (rows >= h - shift).long()  # 0, 1, 2 top to bottom
@@ -113,7 +112,8 @@ def shift_window_mask(h: int, w: int, ws: int, shift: int, like: torch.Tensor) -
 def shift_gather_indices(b: int, h: int, w: int, ws: int, shift: int, device: torch.device
                          ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Row indices into the flattened (B*H*W, C) window tokens that turn the plain window layout into the
-    shifted one (SwinIR's roll by -shift, then partition) and back: two (B*nW, ws*ws) int64 tensors.
+    shifted one (SwinIR's roll by -shift, then partition) and back: int64, (B*nW, ws*ws) into the shifted
+    windows (the gather yields windows directly) and (B*H*W,) back to plain rows.
 
     ``order[r, c]`` is the row of map position (r, c) in the plain layout; rolling that map and laying it
     out in window order gives, for every token of the shifted layout, where it comes from (and rolling the
@@ -138,7 +138,7 @@ class WindowContext:
     w: int
     mask: Optional[torch.Tensor] = None  # (B*nW, n, n)
     to_shifted: Optional[torch.Tensor] = None  # (B*nW, n) rows of the flattened plain layout
-    to_plain: Optional[torch.Tensor] = None
+    to_plain: Optional[torch.Tensor] = None  # (B*H*W,) rows of the flattened shifted windows
 
 
 class CascadedGroupAttention(nn.Module):

@@ -182,6 +182,13 @@ def onnx_runner(path: str | os.PathLike, runtime: str = "onnxruntime", *, precis
                              memory_arena=memory_arena)
 
 
+def padded_to_min_size(runner: Runner, io: IOContract) -> Runner:
+    """``runner`` taking images below the graph's minimum size too: padded up to it, output cropped."""
+    if io.min_size > 1:
+        return PadToMin(runner, io.scale, (io.min_size, io.min_size))
+    return runner
+
+
 def runner_for(art: Artifact, *, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
                model: Optional[str] = None, variant: Optional[str] = None, scale: Optional[int] = None,
                name: Optional[str] = None, runtime: str = "onnxruntime") -> Runner:
@@ -193,8 +200,8 @@ def runner_for(art: Artifact, *, providers: Optional[Sequence[str]] = None, thre
     if art.format == "onnx":
         runner = onnx_runner(art.path, runtime, precision=art.precision, threads=threads, name=name,
                              providers=ort_providers(providers))
-        if art.io is not None and art.io.min_size > 1:  # tiny images: padded up to the model's minimum
-            runner = PadToMin(runner, art.io.scale, (art.io.min_size, art.io.min_size))
+        if art.io is not None:
+            runner = padded_to_min_size(runner, art.io)
     elif art.format == "tensorrt":
         runner = load_engine_runner(art.path, art.entry, art.manifest, name=name)
     elif art.format == "torch":

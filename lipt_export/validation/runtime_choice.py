@@ -127,6 +127,11 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
             "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def int8_budget_db(entry: ArtifactEntry) -> Optional[float]:
+    """The PSNR-Y drop the export allowed an INT8 file (``--max-psnr-drop``); None for other files."""
+    return (entry.get("int8") or {}).get("max_psnr_drop_db") if entry.precision == "int8" else None
+
+
 def measure_export_choices(root: Path, entries: Sequence[ArtifactEntry], inputs: Sequence[np.ndarray], scale: int,
                            threads: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
     """``runtime_choice`` for every ONNX artifact of an export (files under ``root``)."""
@@ -134,9 +139,8 @@ def measure_export_choices(root: Path, entries: Sequence[ArtifactEntry], inputs:
     fp32 = root / onnx["fp32"].path if "fp32" in onnx else None
     out = {}
     for precision, e in onnx.items():
-        budget = (e.get("int8") or {}).get("max_psnr_drop_db") if precision == "int8" else None
         out[precision] = measure_runtime_choice(root / e.path, precision, inputs, threads, scale=scale,
-                                                fp32_path=fp32, int8_budget_db=budget)
+                                                fp32_path=fp32, int8_budget_db=int8_budget_db(e))
     return out
 
 
@@ -156,7 +160,7 @@ def choose_runtime(manifest: Manifest, entry: ArtifactEntry, path: Path, threads
     fp32 = manifest.select("onnx", "fp32")
     fresh = measure_runtime_choice(path, entry.precision, inputs, threads, scale=manifest.model.scale,
                                    fp32_path=manifest.artifact_path(fp32[0]) if fp32 else None,
-                                   int8_budget_db=(entry.get("int8") or {}).get("max_psnr_drop_db"))
+                                   int8_budget_db=int8_budget_db(entry))
     where = "measured now (the export's record is from another machine)" if record else "measured now"
     return str(fresh["runtime"]), f"{where}: {runtime_summary(fresh)}"
 

@@ -20,9 +20,9 @@ def _merge(win, b, h, w):  # inverse of _partition
     return win.reshape(b, h // ws, w // ws, c, ws, ws).permute(0, 1, 4, 2, 5, 3).reshape(b, h, w, c)
 
 
-def _swinir_mask(h, w, ws, shift):
-    """SwinIR's `calculate_mask`: slice assignment of nine region labels."""
-    img = torch.zeros(1, h, w, 1, dtype=torch.float64)
+def swinir_mask(h, w, ws, shift, dtype=torch.float32):
+    """SwinIR's `calculate_mask`: slice assignment of nine region labels on a padded-size image."""
+    img = torch.zeros(1, h, w, 1, dtype=dtype)
     cnt = 0
     for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
         for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
@@ -78,7 +78,7 @@ def swinir_forward(model: agileir.AgileIR, x: torch.Tensor) -> torch.Tensor:
     mean = model.mean.to(x.dtype)
     x = model.conv_first(x - mean)
     b, c, h, w = x.shape
-    mask = _swinir_mask(h, w, ws, ws // 2).to(x.dtype).repeat(b, 1, 1)
+    mask = swinir_mask(h, w, ws, ws // 2, x.dtype).repeat(b, 1, 1)
     t = model.patch_embed.norm(x.flatten(2).transpose(1, 2))
     for layer in model.layers:
         y = t

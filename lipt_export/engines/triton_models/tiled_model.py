@@ -5,7 +5,8 @@ by the tile, whatever the image size; outputs equal ``lipt-export upscale --tile
 
 Parameters (config.pbtxt, written by ``lipt-export triton --tiled``): ``target_model``, ``target_input``,
 ``target_output``, ``target_dtype`` (the target's I/O dtype), ``scale``, ``tile``, ``overlap``,
-``multiple_of``, ``min_height``/``min_width`` (smaller tiles are padded up to them, as ``upscale`` does). Input and output are float32 NCHW; images in one request run one after another.
+``multiple_of``, ``min_height``/``min_width`` (smaller tiles are padded up to them, as ``upscale`` does).
+Input and output are float32 NCHW; images in one request run one after another.
 """
 import json
 import os
