@@ -105,7 +105,7 @@ const json& optional_mapping(const json& d, const char* key, const std::string& 
 IOContract io_from_json(const json& d, const std::string& where) {
     IOContract io;
     io.scale = as_int(need(d, "scale", Kind::Int, where), where);
-    if (io.scale < 1) throw manifest_error(where + ": scale " + std::to_string(io.scale) + " must be >= 1");
+    if (io.scale < 1) throw manifest_error(where + ": scale " + std::to_string(io.scale) + " must be >= 1 (edited); re-export");
     const json& size = optional_mapping(d, "size", where);
     const json& tiling = optional_mapping(d, "tiling", where);
     io.multiple_of = size_field(size, "size", "multiple_of", 1, 1, where);
@@ -206,7 +206,7 @@ Export Export::from_json(const json& d, const std::string& origin, std::optional
         e.io_ = io_from_json(need(d, "io", Kind::Mapping, origin), origin + ": io");
         if (e.model_.scale != e.io_.scale)
             throw manifest_error(origin + ": model scale " + std::to_string(e.model_.scale) + " and io scale " +
-                                 std::to_string(e.io_.scale) + " disagree");
+                                 std::to_string(e.io_.scale) + " disagree (edited); re-export");
         json raw = json::array();
         if (require_artifacts) raw = need(d, "artifacts", Kind::List, origin);
         else if (d.contains("artifacts") && truthy(d.at("artifacts"))) raw = d.at("artifacts");
