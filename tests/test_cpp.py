@@ -50,7 +50,7 @@ def _export(out: Path, *args: str) -> Path:
 
 @pytest.fixture(scope="module")
 def lipt(tmp_path_factory) -> Path:
-    return _export(tmp_path_factory.mktemp("cpp_lipt"), "--model", "lipt", "--variant", "tiny", "--scale", "2")
+    return _export(tmp_path_factory.mktemp("cpp_lipt"), "--model", "lipt", "--variant", "tiny", "--scale", "2", "--fp16")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,7 @@ LIPT_CASES = {
     "gray-untiled-37x51": (37, 51, "gray", ()),
     "gray16-tiled-45x61": (45, 61, "gray16", ("--tile", 32, "--overlap", 8)),
     "rgba-tiled-40x56": (40, 56, "rgba", ("--tile", 32, "--overlap", 8)),
+    "fp16-artifact-tiled-97x150": (97, 150, "rgb", ("--precision", "fp16", "--tile", 64, "--overlap", 16)),
     "below-min-size-5x7": (5, 7, "rgb", ()),
 }
 
@@ -190,7 +191,7 @@ def test_path_outside_the_export_refused_as_python_refuses(cpp_bin, lipt, tmp_pa
     d = _copy(lipt, tmp_path / "exp")
     shutil.copy(d / "model.onnx", tmp_path / "x.onnx")  # present and hash-equal: only the place is wrong
     man = json.loads((d / "manifest.json").read_text())
-    man["artifacts"][0]["path"] = "../x.onnx"
+    _fp32(man)["path"] = "../x.onnx"
     (d / "manifest.json").write_text(json.dumps(man))
     message = _refused(_cpp(cpp_bin, d, "--check"), "points outside the export directory")
     assert message == _python_refusal(d)
@@ -207,8 +208,12 @@ def _edit_scale(m):
     m["model"]["scale"] = m["io"]["scale"] = 4  # consistent, but not what model.onnx was exported as
 
 
+def _fp32(man):
+    return next(a for a in man["artifacts"] if (a["format"], a["precision"]) == ("onnx", "fp32"))
+
+
 def _duplicate(m):
-    m["artifacts"].append(dict(m["artifacts"][0], path="copy.onnx"))
+    m["artifacts"].append(dict(_fp32(m), path="copy.onnx"))
 
 
 EDITS = {
