@@ -243,7 +243,7 @@ Export Export::from_json(const json& d, const std::string& origin, std::optional
 
 Export Export::open(const fs::path& target_in) {
     fs::path target = target_in.lexically_normal();
-    if (target.has_filename() == false && target.has_parent_path()) target = target.parent_path();  // "dir/"
+    if (target.filename().empty() && target.has_parent_path()) target = target.parent_path();  // "dir/" -> "dir"
     std::error_code ec;
     if (!fs::exists(target, ec))
         throw Error(Error::Kind::Artifact,

@@ -1,5 +1,6 @@
 // lipt-upscale-cpp EXPORT INPUT.png OUTPUT.png: `lipt-export upscale` of one PNG from C++ (OpenVINO, ONNX artifacts).
 // Every problem a user can fix is one line "lipt-upscale-cpp: error: ..." on stderr and exit code 2, as the Python CLI.
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -122,7 +123,9 @@ fs::path plan_output(const fs::path& input, fs::path output) {
     if (lower(output.extension().string()) != ".png")
         throw Error(Error::Kind::Usage, "cannot write '" + output.filename().string() +
                                             "': lipt-upscale-cpp writes .png only (lipt-export upscale writes other formats)");
-    if (fs::weakly_canonical(input, ec) == fs::weakly_canonical(output, ec))
+    std::error_code ec_in, ec_out;
+    const auto in_real = fs::weakly_canonical(input, ec_in), out_real = fs::weakly_canonical(output, ec_out);
+    if (!ec_in && !ec_out && in_real == out_real)
         throw Error(Error::Kind::Usage, output.string() + " would overwrite its input; choose another OUTPUT");
     return output;
 }
