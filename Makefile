@@ -23,7 +23,13 @@ export: $(STAMP)
 ## made, those tests skip and say why.
 test: $(STAMP)
 	$(BIN)/lipt-export serve --setup || echo "lipt-export: warning: no Triton server environment; its tests will skip"
+	bash cpp/setup.sh $(BIN)/python || echo "lipt-export: warning: the C++ part did not build (cpp/build/UNAVAILABLE); its tests will skip"
 	$(BIN)/python -m pytest -q
+
+## The C++ serving library and lipt-upscale-cpp (cpp/, docs/serving.md) into cpp/build; Debian packages installed if missing.
+.PHONY: cpp
+cpp: $(STAMP)
+	bash cpp/setup.sh $(BIN)/python
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_lipt.py
