@@ -1,35 +1,87 @@
-"""What can be exported, as plain data: family -> variants, scales, default variant. It lets the command line
-check --model/--variant/--scale (and print its help) without importing torch and the model code; a test keeps it
-equal to the registry (lipt_export.models.registry), which is the source of truth."""
+"""What can be exported, as plain data: family -> variants, scales, default variant, and the facts that decide
+serving defaults before any model is built (minimum input, tile policy, engine profile, how large the graph's
+tensors grow). It lets the command line check --model/--variant/--scale/--shapes (and print its help) without
+importing torch and the model code; each model module registers its ModelSpec from these rows, so the registry
+(lipt_export.models.registry) and this table cannot disagree."""
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
-from lipt_export.errors import ModelError
+from lipt_export.errors import ModelError, UsageError
+
+
+def _esrt_scores(batch: int, h: int, w: int) -> int:
+    """ESRT's EMHA score tensor: 8 heads x 4 segments x (N/4)^2 for N = H*W tokens (segments of N // 4)."""
+    seg = (h * w) // 4
+    return batch * 8 * 4 * seg * seg
 
 
 class Family(NamedTuple):
     variants: Tuple[str, ...]
     scales: Tuple[int, ...]
     default_variant: str
+    # smallest LR side the graph takes (reflect padding to the window needs pad < size)
+    min_size: int = 1
+    # LR tile for tiled serving; tile_required: whole-image inference is impractical (quadratic attention)
+    recommended_tile: int = 256
+    tile_required: bool = False
+    # engines default to one static profile at the tile (TensorRT-RTX builds the dynamic graph far slower)
+    static_engine_profile: bool = False
+    # the largest tensor that grows faster than the image (elements for batch, H, W), or None
+    quadratic_tensor: Optional[Callable[[int, int, int], int]] = None
+
+    @property
+    def names(self) -> Tuple[Tuple[str, ...], Tuple[int, ...], str]:
+        return self.variants, self.scales, self.default_variant
+
+    def tensor_elements(self, scale: int, batch: int, h: int, w: int) -> int:
+        """A lower bound of the largest tensor (elements) the graph holds for a (batch, 3, h, w) input, known
+        before any model is built: the output itself, or the family's quadratic tensor when larger. The exported
+        graph can only be larger (padding, wider features); engines/shapes.py measures it exactly."""
+        n = 3 * scale * scale * batch * h * w
+        return max(n, self.quadratic_tensor(batch, h, w)) if self.quadratic_tensor else n
 
 
 FAMILIES: Dict[str, Family] = {
-    "agileir": Family(("v2", "medium", "normal", "light"), (2, 3, 4), "normal"),
-    "esrt": Family(("base",), (2, 3, 4), "base"),
-    "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small"),
-    "smsr": Family(("base",), (2, 3, 4), "base"),
+    "agileir": Family(("v2", "medium", "normal", "light"), (2, 3, 4), "normal", min_size=9, recommended_tile=256,
+                      static_engine_profile=True),  # TensorRT-RTX, normal x4, cc 8.9: LR 32..128 341 s, static 40 s
+    "esrt": Family(("base",), (2, 3, 4), "base", min_size=2, recommended_tile=64, tile_required=True,
+                   quadratic_tensor=_esrt_scores),
+    # min 9: pad <= window - 1 and, below one window, pad = window - size < size iff size > window / 2
+    "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small", min_size=9, recommended_tile=256),
+    "smsr": Family(("base",), (2, 3, 4), "base", min_size=1, recommended_tile=256),
 }
+
+
+# ONNX opsets each exporter can write for these graphs (TorchScript: torch's ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET;
+# 13 is the first with per-channel Q/DQ; the torch.export-based exporter starts at 18), and the default.
+OPSETS: Dict[str, Tuple[int, int]] = {"torchscript": (13, 20), "dynamo": (18, 23)}
+DEFAULT_OPSET = 17
+
+
+def check_opset(opset: int, dynamo: bool = False) -> None:
+    exporter = "dynamo" if dynamo else "torchscript"
+    low, high = OPSETS[exporter]
+    if not low <= opset <= high:
+        other = OPSETS["dynamo"]
+        hint = f" or --dynamo for up to {other[1]}" if not dynamo and high < opset <= other[1] else ""
+        raise UsageError(f"--opset {opset} is outside what the {exporter} exporter writes here ({low}..{high}); use "
+                         f"the default {DEFAULT_OPSET}{hint}")
+
+
+def family(model: str) -> Family:
+    found = FAMILIES.get(model.lower())
+    if found is None:
+        raise ModelError(f"unknown model '{model}'; choose one of: {', '.join(sorted(FAMILIES))}")
+    return found
 
 
 def check_choice(model: str, variant: Optional[str], scale: int) -> None:
     """The registry's errors, word for word, before anything heavy is imported."""
-    family = FAMILIES.get(model.lower())
-    if family is None:
-        raise ModelError(f"unknown model '{model}'; choose one of: {', '.join(sorted(FAMILIES))}")
-    if variant is not None and variant not in family.variants:
+    fam = family(model)
+    if variant is not None and variant not in fam.variants:
         raise ModelError(f"model '{model.lower()}' has no variant '{variant}'; choose one of: "
-                         f"{', '.join(family.variants)}")
-    if scale not in family.scales:
+                         f"{', '.join(fam.variants)}")
+    if scale not in fam.scales:
         raise ModelError(f"model '{model.lower()}' does not support scale {scale}; supported scales: "
-                         f"{', '.join(map(str, family.scales))}")
+                         f"{', '.join(map(str, fam.scales))}")

@@ -36,7 +36,7 @@ from lipt_export.errors import ModelError
 from lipt_export.models.arch import count_indices, read_kair_json
 from lipt_export.models.demo_init import deterministic_init
 from lipt_export.models.layers import DIV2K_MEAN, ConvBN, Mlp
-from lipt_export.models.registry import ModelSpec, register
+from lipt_export.models.registry import ModelSpec, catalog_facts, register
 
 ATTENTION_MODES = ("intended", "public")
 MASK_VALUE = -100.0  # SwinIR's value between windows' regions (exp(-100) underflows to 0 in fp32 softmax)
@@ -449,19 +449,13 @@ def agileir_arch_notes(c: AgileIRConfig, sources: Mapping[str, str]) -> List[str
 
 
 register(ModelSpec(
-    name="agileir",
+    **catalog_facts("agileir"),
     build=build,
-    variants=tuple(VARIANTS),
-    scales=(2, 3, 4),
-    default_variant="normal",  # the smallest shipped config (about 1 M parameters)
     rgb_range=1.0,
     description="AgileIR (2024): SwinIR with group shifted window attention (cascaded group attention, "
                 "Conv+BN folded); the paper's intended attention with the shift mask applied, or the public "
                 "code's attention-free blocks for checkpoints trained with it",
     size_multiple=window_size,
-    min_size=9,  # reflect padding to the window multiple needs pad < size: H, W > ws/2 (ws <= 16)
-    recommended_tile=256,
-    static_engine_profile=True,  # TensorRT-RTX, normal x4, cc 8.9: LR 32..128 341 s, static 256x256 40 s
     ignored_checkpoint_keys=ignored_checkpoint_keys,
     init_for_tests=init_for_tests,
     config_for=lambda variant, scale: VARIANTS[variant],
@@ -471,6 +465,7 @@ register(ModelSpec(
     describe=describe_agileir,
     config_multiple=lambda config: config.window_size,
     arch_notes=agileir_arch_notes,
+    checkpoint_decides=("attention",),  # a public-code checkpoint is a `normal` one trained attention-free
     extra={"divergence": "public code discards the attention output and passes no shift mask; the intended "
                          "form uses the attention output and applies the mask; the public form reproduces the "
                          "public code (chosen from the checkpoint, --agileir-attention)"},

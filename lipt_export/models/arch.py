@@ -57,10 +57,12 @@ def _closest_variant(spec: ModelSpec, scale: int, known: Mapping[str, Any]) -> s
 
 
 def _named_variant(spec: ModelSpec, scale: int, config: Any) -> str:
-    """The variant whose config equals ``config`` at this scale, or at any scale; else 'custom'."""
+    """The variant whose config equals ``config`` at this scale, or at any scale (what the checkpoint decides, e.g.
+    AgileIR's attention form, aside: a `normal` trained with the public code is a `normal`); else 'custom'."""
     for s in (scale, *spec.scales):
         for v in spec.variants:
-            if spec.config_for(v, s) == config:
+            cand = spec.config_for(v, s)
+            if replace(config, **{k: getattr(cand, k) for k in spec.checkpoint_decides}) == cand:
                 return v
     return "custom"
 
@@ -98,7 +100,9 @@ def resolve_architecture(spec: ModelSpec, variant: Optional[str], scale: int, *,
         raise ModelError(f"{config_file}: unsupported settings {', '.join(unknown)} for {spec.name}")
     config = replace(config, **file_fields)
     sources.update({k: "config file" for k in file_fields})
-    conflicts = {k: v for k, v in found.items() if getattr(config, k) != v}
+    # what the weights were trained to compute (AgileIR's attention form) is not a size a variant fixes: a variant
+    # or config file never conflicts with it, the checkpoint decides it (an explicit option still wins below)
+    conflicts = {k: v for k, v in found.items() if getattr(config, k) != v and k not in spec.checkpoint_decides}
     against_file = sorted(k for k in conflicts if k in file_fields)
     if against_file:
         raise CheckpointError(f"checkpoint and --config {config_file} disagree on {', '.join(against_file)} "

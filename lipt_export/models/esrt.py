@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lipt_export.models.arch import fixed_arch_arguments
 from lipt_export.models.demo_init import deterministic_init
 from lipt_export.models.layers import ChannelAttention, Mlp
-from lipt_export.models.registry import ModelSpec, register
+from lipt_export.models.registry import ModelSpec, catalog_facts, register
 
 N_FEATS = 32
 ET_DIM = N_FEATS * 9  # 288: a 3x3 neighbourhood of 32 channels per token
@@ -309,18 +309,12 @@ def read_esrt_arch(sd) -> dict:
 
 
 register(ModelSpec(
-    name="esrt",
+    **catalog_facts("esrt"),
     build=build,
-    variants=("base",),
-    scales=(2, 3, 4),
-    default_variant="base",
     rgb_range=1.0,
     description="ESRT (CVPRW 2022): CNN backbone with HPB/ARFB + efficient Transformer (EMHA/FSM); "
                 "Unfold/Fold as one-hot grouped convs; attention is quadratic in the tile area, so run tiled",
     size_multiple=lambda variant: 1,
-    min_size=2,  # AvgPool(2) and the 4 FSM segments need at least 2x2
-    recommended_tile=64,
-    tile_required=True,
     init_for_tests=init_for_tests,
     read_arch=read_esrt_arch,
     read_config_file=fixed_arch_arguments("ESRT", {"n_feats": N_FEATS}),

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
+from lipt_export.catalog import FAMILIES
 from lipt_export.errors import ModelError
 
 
@@ -54,10 +55,20 @@ class ModelSpec:
     describe: Callable[[Any], str] = lambda config: str(config)
     config_multiple: Callable[[Any], int] = lambda config: 1  # size_multiple of a config (its window)
     arch_notes: Optional[Callable[[Any, Mapping[str, str]], List[str]]] = None
+    # config fields the checkpoint decides whatever the variant says (what the weights were trained to compute)
+    checkpoint_decides: Tuple[str, ...] = ()
     extra: Dict[str, object] = field(default_factory=dict)
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
+
+
+def catalog_facts(name: str) -> Dict[str, Any]:
+    """The ModelSpec fields that live in :mod:`lipt_export.catalog` (the torch-free table the CLI reads)."""
+    fam = FAMILIES[name]
+    return {"name": name, "variants": fam.variants, "scales": fam.scales, "default_variant": fam.default_variant,
+            "min_size": fam.min_size, "recommended_tile": fam.recommended_tile, "tile_required": fam.tile_required,
+            "static_engine_profile": fam.static_engine_profile}
 
 
 def register(spec: ModelSpec) -> ModelSpec:

@@ -30,16 +30,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lipt_export.catalog import FAMILIES
 from lipt_export.models.arch import fixed_arch_arguments
 from lipt_export.models.demo_init import deterministic_init
 from lipt_export.models.layers import ChannelAttention, MeanShift
-from lipt_export.models.registry import ModelSpec, register
+from lipt_export.models.registry import ModelSpec, catalog_facts, register
 
 RGB_RANGE = 255.0
 N_FEATS = 64
 N_MODULES = 5
 N_LAYERS = 4
-SCALES = (2, 3, 4)
+SCALES = FAMILIES["smsr"].scales
 
 
 def gumbel_softmax(logits: torch.Tensor, dim: int, tau: float) -> torch.Tensor:
@@ -272,16 +273,11 @@ def read_smsr_arch(sd) -> dict:
 
 
 register(ModelSpec(
-    name="smsr",
+    **catalog_facts("smsr"),
     build=build_smsr,
-    variants=("base",),
-    scales=SCALES,
-    default_variant="base",
     rgb_range=RGB_RANGE,
     description="SMSR: Sparse Mask Super-Resolution (hard spatial/channel masks, dense-masked inference form)",
     size_multiple=lambda variant: 2,
-    min_size=1,
-    recommended_tile=256,
     init_for_tests=smsr_init_for_tests,
     read_arch=read_smsr_arch,
     read_config_file=fixed_arch_arguments("SMSR", {"n_feats": N_FEATS}),

@@ -2,25 +2,18 @@
 (:mod:`.nvsm`) and the calibrated demo weights (:mod:`.demo_init`); registers the ``lipt`` spec."""
 from lipt_export.models.lipt.arch import describe_lipt, lipt_arch_notes, read_lipt_arch, read_lipt_yaml
 from lipt_export.models.lipt.demo_init import init_lipt_for_tests
-from lipt_export.models.lipt.model import (LIPT, RGB_RANGE, SCALES, VARIANTS, LIPTConfig, build_lipt,
+from lipt_export.models.lipt.model import (LIPT, RGB_RANGE, VARIANTS, LIPTConfig, build_lipt,
                                            count_parameters, lipt_config, remap_lipt_keys)
-from lipt_export.models.registry import ModelSpec, register
+from lipt_export.models.registry import ModelSpec, catalog_facts, register
 
 __all__ = ["LIPT", "LIPTConfig", "build_lipt", "count_parameters", "init_lipt_for_tests", "lipt_config"]
 
 register(ModelSpec(
-    name="lipt",
+    **catalog_facts("lipt"),
     build=build_lipt,
-    variants=VARIANTS,
-    scales=SCALES,
-    default_variant="small",
     rgb_range=RGB_RANGE,
     description="LIPT: Latency-aware Image Processing Transformer (HRM re-param convs + NVSM sparse attention)",
     size_multiple=lambda variant: lipt_config(variant, 2).window,
-    # Reflect padding needs pad < size: pad <= window - 1 and, for size < window, pad = window - size < size
-    # iff size > window / 2; 9 satisfies both for windows 8 and 16.
-    min_size=9,
-    recommended_tile=256,
     init_for_tests=init_lipt_for_tests,
     remap_checkpoint_keys=remap_lipt_keys,
     config_for=lipt_config,

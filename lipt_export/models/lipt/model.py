@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lipt_export.catalog import FAMILIES
 from lipt_export.errors import ModelError
 from lipt_export.models.layers import MeanShift, bn_affine
 from lipt_export.models.lipt.hrm import HRM
@@ -47,8 +48,8 @@ _SMALL = LIPTConfig(m_elan=10, channels=64, n_share=1, window=8)
 _SMALL_6 = LIPTConfig(m_elan=12, channels=64, n_share=1, window=8)
 _BASE = LIPTConfig(m_elan=22, channels=144, n_share=0, window=16)
 
-VARIANTS = ("tiny", "small", "base")
-SCALES = (1, 2, 3, 4)
+VARIANTS = FAMILIES["lipt"].variants
+SCALES = FAMILIES["lipt"].scales
 
 
 def lipt_config(variant: str, scale: int) -> LIPTConfig:
