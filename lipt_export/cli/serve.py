@@ -10,11 +10,12 @@ from pathlib import Path
 import click
 
 from lipt_export.engines.triton import write_triton_model
-from lipt_export.engines.triton_client import curl_example
-from lipt_export.engines.triton_server import (DEFAULT_PORT, TritonServer, check_port, default_server_threads,
-                                               default_server_env, open_server_env, prepare_backends,
-                                               setup_server_env)
+from lipt_export.engines.triton_client import curl_example, example_request
+from lipt_export.engines.triton_server import (DEFAULT_PORT, SHM_STEM, TritonServer, check_port,
+                                               default_server_env, default_server_threads, open_server_env,
+                                               prepare_backends, remove_dead_servers_leftovers, setup_server_env)
 from lipt_export.errors import TritonError, UsageError
+from lipt_export.fileio import temp_prefix
 from lipt_export.manifest import read_manifest
 
 
@@ -74,13 +75,16 @@ def command(export_dir, setup, server_env, port, host, name, tiled, tile, overla
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    work = Path(tempfile.mkdtemp(prefix="lipt-serve-"))
+    remove_dead_servers_leftovers()  # a killed serve's work folder and shared memory (only when its owner is dead)
+    work = Path(tempfile.mkdtemp(prefix=temp_prefix(SHM_STEM)))
     server = None
     try:
         repo = work / "repo"
         plain = write_triton_model(export_dir, repo, name=name, max_batch=max_batch, instances=instances,
                                    precision=precision, fmt="onnx", kind="cpu", dynamic_batching=dynamic_batching,
                                    threads=threads, tiled=tiled, tile=tile, overlap=overlap)
+        for line in plain["warnings"]:
+            click.echo(f"lipt-export: warning: {line}", err=True)
         models = [plain["name"]] + ([plain["tiled"]["name"]] if tiled else [])
         backends = prepare_backends(env, work / "backends")
         server = TritonServer(env, repo, backends, host=host, port=port, log_path=work / "tritonserver.log")
@@ -99,8 +103,9 @@ def command(export_dir, setup, server_env, port, host, name, tiled, tile, overla
         manifest = plain["manifest"]
         m = max(1, manifest.io.multiple_of)  # a size every model takes as is: no padding in either model
         side = -(-max(8, manifest.io.min_size, m) // m) * m
-        click.echo(f"try (a grey {side}x{side} image, FP32 NCHW in [0, 1]):")
-        click.echo("  " + curl_example(server.http_url, plain["name"], plain["io"]["input"]["name"], side))
+        request = example_request(work / "request.json", plain["io"]["input"]["name"], side)
+        click.echo(f"try (a grey {side}x{side} image, FP32 NCHW in [0, 1], KServe v2 JSON; any model above):")
+        click.echo("  " + curl_example(server.http_url, plain["name"], request))
         click.echo("Ctrl-C or SIGTERM stops the server.")
         while server.running():
             time.sleep(0.25)

@@ -18,7 +18,8 @@ from lipt_export.engines.triton import write_triton_model
 @click.option("--instances", default=1, show_default=True, type=int, help="Instances (instance_group count).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]))
 @click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(["auto", "onnx", "tensorrt"]),
-              help="auto = the TensorRT plan when the export has one, else ONNX.")
+              help="auto = a datacenter TensorRT plan when the export has one (Triton's TensorRT backend cannot load "
+                   "TensorRT-RTX plans), else ONNX.")
 @click.option("--kind", default="auto", show_default=True, type=click.Choice(["auto", "gpu", "cpu"]),
               help="Instance kind (auto: GPU for plans, KIND_AUTO for ONNX).")
 @click.option("--dynamic-batching", is_flag=True, help="Enable dynamic batching (only merges identical shapes: "
@@ -40,11 +41,13 @@ def command(export_dir, repo, name, max_batch, instances, precision, fmt, kind, 
                              precision=precision, fmt=fmt, kind=kind, dynamic_batching=dynamic_batching,
                              preferred_batch=parse_int_list(preferred_batch), max_queue_delay_us=max_queue_delay_us,
                              threads=threads, tiled=tiled, tile=tile, overlap=overlap, force=force)
+    for line in res["warnings"]:
+        click.echo(f"lipt-export: warning: {line}", err=True)
     click.echo(f"wrote {res['config']}")
     click.echo(f"wrote {res['model']}  ({res['platform']}, from {res['entry']['path']})")
     if res["entry"]["format"] == "tensorrt":
-        click.echo(f"note: the plan was built with TensorRT {res['entry'].get('tensorrt_version')} on "
-                   f"{res['entry'].get('gpu')}; the Triton container must ship the same TensorRT version")
+        click.echo(f"note: the plan was built with {res['runtime']} on {res['entry'].get('gpu')}; the Triton "
+                   f"container must ship the same TensorRT version and GPU architecture")
     if tiled:
         t = res["tiled"]
         click.echo(f"wrote {t['config']}  (BLS: tile {t['tile']}, overlap {t['overlap']}, through {res['name']})")

@@ -13,10 +13,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from lipt_export.catalog import family
 from lipt_export.errors import ProfileError
 from lipt_export.runtime.trt import ProfileSpec
 
 MAX_ELEMENTS = 2 ** 31
+DEFAULT_SHAPES = "32x32:256x256:512x512"  # LR profile of families that run whole images
+
+
+def default_shapes(model: str) -> str:
+    """The family's engine profile when --shapes is not given, from its tile policy: one static profile at the
+    tile where the family asks for it (AgileIR); up to the tile where tiling is required (ESRT: its attention
+    grows with (H*W)^2, and served inputs are tiled to the profile anyway); else :data:`DEFAULT_SHAPES`."""
+    fam = family(model)
+    t = fam.recommended_tile
+    if fam.static_engine_profile:
+        return f"{t}x{t}:{t}x{t}:{t}x{t}"
+    if fam.tile_required:
+        low = min(32, t)
+        return f"{low}x{low}:{t}x{t}:{t}x{t}"
+    return DEFAULT_SHAPES
+
+
+def largest_square(fits, start: int = 1, stop: int = 1 << 16) -> int:
+    """The largest side s in [start, stop) with ``fits(s)`` (monotone: true up to some side), 0 if none."""
+    if not fits(start):
+        return 0
+    lo, hi = start, stop
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def check_profile_fits(model: str, scale: int, profile: ProfileSpec, limit: int = MAX_ELEMENTS) -> None:
+    """Refuse, before any model work, a profile whose max shape cannot build: a tensor of the family's graph
+    reaches TensorRT's 2^31-element limit. Names the largest square MAX that fits at the profile's max batch."""
+    b, _, h, w = profile.shape("max")
+    need = family(model).tensor_elements(scale, b, h, w)
+    if need < limit:
+        return
+    side = largest_square(lambda s: family(model).tensor_elements(scale, b, s, s) < limit)
+    raise ProfileError(f"--shapes max {h}x{w} (batch {b}) cannot build for {model.lower()} x{scale}: its graph holds "
+                       f"a tensor of at least {need:,} elements, TensorRT's limit is 2^31; the largest MAX that fits "
+                       f"is {side}x{side} (default profile {default_shapes(model)}; larger images are tiled to the "
+                       f"profile at run time)")
 
 
 def _hw(text: str) -> Tuple[int, int]:
@@ -182,12 +223,15 @@ def largest_tensor(onnx_path: str | Path, input_shape: Sequence[int]) -> Element
 
 
 def check_max_shape(onnx_path: str | Path, profile: ProfileSpec, limit: int = MAX_ELEMENTS) -> ElementReport:
-    """Raise :class:`ProfileError` when the profile's max shape makes any tensor reach ``limit`` elements."""
+    """Raise :class:`ProfileError` when the profile's max shape makes any tensor reach ``limit`` elements, naming
+    the largest square MAX that fits this graph (measured on it)."""
     report = largest_tensor(onnx_path, profile.shape("max"))
     if report.largest >= limit:
         mx = profile.shape("max")
+        side = largest_square(lambda s: largest_tensor(onnx_path, [mx[0], mx[1], s, s]).largest < limit,
+                              stop=max(mx[2], mx[3]))
         raise ProfileError(
             f"max shape {mx[0]}x{mx[2]}x{mx[3]} makes tensor '{report.tensor}' {'x'.join(map(str, report.shape))} = "
-            f"{report.largest:,} elements (TensorRT's limit is 2^31 = {limit:,}); lower the MAX in --shapes or "
-            f"--batch (larger images are tiled at run time)")
+            f"{report.largest:,} elements (TensorRT's limit is 2^31 = {limit:,}); the largest MAX that fits is "
+            f"{side}x{side}: lower the MAX in --shapes or --batch (larger images are tiled at run time)")
     return report

@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from lipt_export.engines.audit import audit_network, audit_summary, cross_check
-from lipt_export.engines.shapes import ProfileSpec, check_max_shape, parse_profile
+from lipt_export.engines.shapes import (DEFAULT_SHAPES, ElementReport, ProfileSpec, check_max_shape, check_profile_fits,
+                                        default_shapes, parse_profile)
 from lipt_export.errors import EngineError
 from lipt_export.fileio import save_atomic, sha256_file
 from lipt_export.manifest import ArtifactEntry, Manifest
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 # Ampere (RTX 30xx, A-series), Ada (RTX 40xx, L4/L40), Blackwell consumer (RTX 50xx): the cards TensorRT-RTX
 # targets today. Each extra capability adds its kernels to the plan (size and build time grow with the list).
 DEFAULT_COMPUTE_CAPABILITIES: Tuple[str, ...] = ("8.6", "8.9", "12.0")
-DEFAULT_SHAPES = "32x32:256x256:512x512"  # LR profile of families with a dynamic default
 
 
 def engine_parity_ok(engine_psnr_db: float, onnx_psnr_db: float, finite: bool = True) -> bool:
@@ -71,13 +71,14 @@ class EngineOptions:
         return parse_profile(self.shapes or DEFAULT_SHAPES, self.batch)
 
     def for_model(self, spec: ModelSpec) -> "EngineOptions":
-        """``shapes`` as given, else the family's default: one static profile at its recommended tile where the
-        family asks for it (AgileIR: TensorRT-RTX builds its dynamic-shape graph 8x slower, 341 s vs 40 s;
-        inputs are tiled/padded to the profile when served), else :data:`DEFAULT_SHAPES`."""
-        if self.shapes is not None:
-            return self
-        t = spec.recommended_tile
-        return replace(self, shapes=f"{t}x{t}:{t}x{t}:{t}x{t}" if spec.static_engine_profile else DEFAULT_SHAPES)
+        """``shapes`` as given, else the family's default from its tile policy
+        (:func:`lipt_export.engines.shapes.default_shapes`; inputs are tiled/padded to the profile when served)."""
+        return self if self.shapes is not None else replace(self, shapes=default_shapes(spec.name))
+
+    def check_fits(self, model: str, scale: int) -> None:
+        """The profile (``shapes`` or the family's default) parses and its max shape can build for this family;
+        from the catalog alone, so before any model work."""
+        check_profile_fits(model, scale, parse_profile(self.shapes or default_shapes(model), self.batch))
 
     def validate(self, flavor: str) -> None:
         """Everything checkable before any work: the profile, and for TensorRT-RTX the targets."""
@@ -198,11 +199,12 @@ def _targets(flavor: str, options: EngineOptions, trt) -> Dict[str, Any]:
 def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], manifest: Manifest,
                              options: EngineOptions, parity_inputs: Sequence[np.ndarray],
                              reference_runner: Runner, flavor: str = "tensorrt",
-                             claims: Optional[Callable[[ArtifactEntry], Mapping[str, Any]]] = None
-                             ) -> List[ArtifactEntry]:
+                             claims: Optional[Callable[[ArtifactEntry], Mapping[str, Any]]] = None,
+                             max_shape: Optional[ElementReport] = None) -> List[ArtifactEntry]:
     """Called by the export pipeline with the finished ONNX artifacts (paths relative to ``root``): parse, audit
     (cross-checked against ``claims(entry)``: what the precision stages recorded), build one engine each, and
-    validate it against the eager reference where it can run here. Returns the engines' manifest entries."""
+    validate it against the eager reference where it can run here. ``max_shape``: the fp32 graph's 2^31 check for
+    this profile when the caller already ran it. Returns the engines' manifest entries."""
     if flavor == "tensorrt":
         require_tensorrt()
     else:
@@ -213,7 +215,7 @@ def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], 
     profile = options.profile()
     input_name = manifest.io.input_name
     fp32 = next(Path(root) / e.path for e in onnx_entries if e.precision == "fp32")
-    report = check_max_shape(fp32, profile)  # before any build: minutes saved, clear message
+    report = max_shape or check_max_shape(fp32, profile)  # before any build: minutes saved, clear message
     logger.info(f"[engine] {flavor} {trt.__version__}; profile {profile.as_dict(input_name)}; largest tensor at max "
                 f"shape: {report.tensor} {report.largest:,} elements")
     targets = _targets(flavor, options, trt)

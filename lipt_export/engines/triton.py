@@ -19,17 +19,18 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import lipt_export.errors
 import lipt_export.runtime.base
 import lipt_export.runtime.tiling
 from lipt_export.errors import TritonError
-from lipt_export.fileio import replace_dir
-from lipt_export.manifest import ArtifactEntry, Manifest, read_manifest, write_manifest
+from lipt_export.fileio import dead_owner_temps, replace_dir, temp_prefix
+from lipt_export.manifest import (ArtifactEntry, Manifest, demo_weights_warning, read_manifest, replaceable_problem,
+                                  write_manifest)
 from lipt_export.runtime.loader import checked_artifact
 from lipt_export.runtime.tiling import TilingPolicy
-from lipt_export.runtime.trt import ProfileSpec
+from lipt_export.runtime.trt import ProfileSpec, engine_runtime, engine_runtime_label
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 _ONNX_ELEM = {1: "float32", 10: "float16"}
@@ -91,13 +92,24 @@ def _plan_io(manifest: Manifest, entry: ArtifactEntry) -> Dict[str, Dict[str, st
 
 
 def choose_entry(manifest: Manifest, precision: str, fmt: str) -> ArtifactEntry:
-    cands = {f: manifest.select(f, precision) for f in PLATFORMS}
+    """The artifact a Triton model of ``precision`` serves. ``auto``: a datacenter TensorRT plan when the export
+    has one (Triton's TensorRT backend links datacenter TensorRT), else the ONNX file; TensorRT-RTX engines are
+    never chosen: no stock Triton backend loads them (docs/serving.md), and asking for one says so."""
+    onnx = manifest.select("onnx", precision)
+    plans = [e for e in manifest.select("tensorrt", precision) if engine_runtime(e) == "tensorrt"]
+    rtx = [e for e in manifest.select("tensorrt", precision) if engine_runtime(e) != "tensorrt"]
     if fmt == "auto":
-        fmt = "tensorrt" if cands["tensorrt"] else "onnx"
-    if not cands.get(fmt):
+        fmt = "tensorrt" if plans else "onnx"
+    if fmt == "tensorrt" and not plans and rtx:
+        raise TritonError(f"the export's {precision} engine {rtx[0].path} is a {engine_runtime_label(rtx[0])} plan: "
+                          f"Triton's tensorrt_plan backend links datacenter TensorRT and cannot load it; serve the "
+                          f"ONNX model (--format onnx or auto), or rebuild with --backend tensorrt on a machine with "
+                          f"datacenter TensorRT and the target GPU (docs/serving.md: serving on RTX machines)")
+    chosen = plans if fmt == "tensorrt" else onnx
+    if not chosen:
         have = ", ".join(sorted(a.path for a in manifest.artifacts)) or "none"
         raise TritonError(f"the export has no {precision} {fmt} artifact (it has: {have}); choose --precision/--format")
-    return cands[fmt][0]
+    return chosen[0]
 
 
 def render_config(name: str, platform: str, io: Dict[str, Dict[str, str]], max_batch: int, instances: int,
@@ -163,11 +175,12 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
                          max_queue_delay_us, params)
     spec = _tiled_spec(name, io, manifest, tile, overlap, profile) if tiled else None
     for existing in [repo / name] + ([repo / spec["name"]] if spec else []):
-        if existing.exists() and not force:
-            raise TritonError(f"{existing} already exists; pass --force to replace it")
+        _check_replaceable(existing, force)
     final = _write_model_dir(repo, name, text, {filename: source}, manifest, force)
     result = {"dir": final, "config": final / "config.pbtxt", "model": final / "1" / filename,
-              "entry": entry.to_dict(), "platform": platform, "io": io, "name": name, "manifest": manifest}
+              "entry": entry.to_dict(), "platform": platform, "io": io, "name": name, "manifest": manifest,
+              "runtime": engine_runtime_label(entry) if fmt == "tensorrt" else "ONNX",
+              "warnings": _warnings(manifest, entry, spec)}
     if spec:
         tdir = _write_model_dir(repo, spec["name"], spec["text"], spec["files"], manifest, force)
         result["tiled"] = {"dir": tdir, "config": tdir / "config.pbtxt", "model": tdir / "1" / "model.py",
@@ -182,10 +195,11 @@ def _write_model_dir(repo: Path, name: str, config_text: str, version_files: Dic
     if model_config_pb2() is not None:
         parse_config(config_text)  # Triton's own schema, when tritonclient is installed
     final = repo / name
-    if final.exists() and not force:
-        raise TritonError(f"{final} already exists; pass --force to replace it")
+    _check_replaceable(final, force)
     repo.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(repo)))
+    for stale in dead_owner_temps(repo, f".{name}.tmp-"):  # a killed run's half-written model folder
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{name}.tmp-"), dir=str(repo)))
     try:
         for rel, src in version_files.items():
             dest = tmp / "1" / rel
@@ -198,6 +212,33 @@ def _write_model_dir(repo: Path, name: str, config_text: str, version_files: Dic
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _warnings(manifest: Manifest, entry: ArtifactEntry, tiled: Optional[Dict[str, Any]]) -> List[str]:
+    """What a user serving this repository should know: demo weights, TensorRT-RTX engines not served, a tile
+    overlap below the export's policy."""
+    out = [w for w in [demo_weights_warning(manifest)] if w]
+    rtx = [e for e in manifest.select("tensorrt", entry.precision) if engine_runtime(e) != "tensorrt"]
+    if entry.format == "onnx" and rtx:
+        out.append(f"{rtx[0].path} ({engine_runtime_label(rtx[0])}) is not in the repository: Triton's TensorRT "
+                   f"backend cannot load TensorRT-RTX plans, so {entry.path} is served (docs/serving.md)")
+    if tiled and tiled.get("overlap_warning"):
+        out.append(tiled["overlap_warning"])
+    return out
+
+
+def _check_replaceable(model_dir: Path, force: bool) -> None:
+    """A model folder is written only where none exists, or (``force``) over one this tool wrote: its config,
+    manifest copy and version folder 1/ and nothing else, so a user's own model is never replaced."""
+    if not model_dir.exists() and not model_dir.is_symlink():
+        return
+    if not force:
+        raise TritonError(f"{model_dir} already exists; pass --force to replace it")
+    problem = "it is not a folder" if model_dir.is_symlink() or not model_dir.is_dir() else replaceable_problem(
+        model_dir, lambda rel: rel == "config.pbtxt" or rel == "1" or rel.startswith("1/"))
+    if problem:
+        raise TritonError(f"--force replaces only a model this tool wrote, and {model_dir} is not one: {problem}; "
+                          f"choose another --name or --repo")
 
 
 def _check_name(name: str) -> None:
@@ -242,4 +283,5 @@ def _tiled_spec(target_name: str, target_io: Dict[str, Dict[str, str]], manifest
               "overlap": ov, "multiple_of": manifest.io.multiple_of, "min_height": min_hw[0], "min_width": min_hw[1]}
     text = render_config(name, "", io, 0, 1, "KIND_CPU", False, parameters=params, backend="python")
     files = {"model.py": TRITON_MODELS_DIR / "tiled_model.py", **vendored_tiling_files()}
-    return {"name": name, "text": text, "files": files, "tile": size, "overlap": ov, "io": io}
+    return {"name": name, "text": text, "files": files, "tile": size, "overlap": ov, "io": io,
+            "overlap_warning": policy.overlap_warning(ov) if overlap is not None else None}

@@ -7,11 +7,13 @@ import json
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from lipt_export.errors import TritonError
+from lipt_export.fileio import write_json_atomic
 
 V2_DTYPES = {np.dtype("float32"): "FP32", np.dtype("float16"): "FP16", np.dtype("int8"): "INT8",
              np.dtype("int32"): "INT32", np.dtype("int64"): "INT64", np.dtype("uint8"): "UINT8"}
@@ -111,9 +113,14 @@ class TritonHttpClient:
         return arrays
 
 
-def curl_example(http_url: str, model: str, input_name: str, side: int) -> str:
-    """A ready-to-paste request: a grey side x side image in the KServe v2 JSON protocol."""
-    data = ",".join(["0.5"] * (3 * side * side))
-    body = json.dumps({"inputs": [{"name": input_name, "shape": [1, 3, side, side], "datatype": "FP32",
-                                   "data": "DATA"}]}).replace('"DATA"', f"[{data}]")
-    return f"curl -s {http_url}/v2/models/{model}/infer -H 'Content-Type: application/json' -d '{body}'"
+def example_request(path: Path, input_name: str, side: int) -> Path:
+    """A KServe v2 JSON request for a grey side x side image (FP32 NCHW in [0, 1]), written to ``path``."""
+    body = {"inputs": [{"name": input_name, "shape": [1, 3, side, side], "datatype": "FP32",
+                        "data": [0.5] * (3 * side * side)}]}
+    write_json_atomic(path, body)
+    return path
+
+
+def curl_example(http_url: str, model: str, request: Path) -> str:
+    """A ready-to-paste request that posts the JSON file ``request`` (:func:`example_request`)."""
+    return f"curl -s {http_url}/v2/models/{model}/infer -H 'Content-Type: application/json' -d @{request}"

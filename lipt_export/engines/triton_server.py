@@ -22,14 +22,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from lipt_export.engines.triton_client import TritonHttpClient
 from lipt_export.errors import TritonError
-from lipt_export.fileio import exclusive_lock, sha256_file, write_json_atomic
+from lipt_export.fileio import dead_owner_temps, exclusive_lock, sha256_file, temp_prefix, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,10 @@ class TritonServer:
         return [str(self.env.tritonserver), f"--model-repository={self.repo}", f"--backend-directory={self.backends}",
                 f"--http-address={self.host}", f"--grpc-address={self.host}", f"--metrics-address={self.host}",
                 f"--http-port={p}", f"--grpc-port={p + 1}", f"--metrics-port={p + 2}", "--exit-timeout-secs=5",
-                "--strict-readiness=true", *self.extra_args]
+                "--strict-readiness=true",
+                # the Python backend's shared-memory regions carry our PID, so a later start can tell a killed
+                # server's leftovers (removed) from a live one's
+                f"--backend-config=python,shm-region-prefix-name={temp_prefix(SHM_STEM)}", *self.extra_args]
 
     def environment(self) -> dict:
         env = dict(os.environ)
@@ -255,6 +259,7 @@ class TritonServer:
         if busy:
             raise TritonError(f"port {busy[0]} on {self.host} is in use: choose another --port "
                               f"(the server needs {self.port}..{self.port + 2})")
+        remove_dead_servers_leftovers()
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as logf:
             # cwd beside the repository: the stubs' Python must not import modules from the caller's folder
@@ -315,6 +320,25 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+SHM_STEM = "lipt-serve-"  # shared-memory regions (/dev/shm) and `serve` work folders (temp dir): STEM<pid>-...
+SHM_DIR = Path("/dev/shm")
+
+
+def remove_dead_servers_leftovers() -> List[Path]:
+    """What servers started by a process that is gone left behind: its `serve` work folder (temp repository,
+    backends, log) and the Python backend's shared-memory regions. Live servers' files are left alone."""
+    removed = dead_owner_temps(Path(tempfile.gettempdir()), SHM_STEM) + dead_owner_temps(SHM_DIR, SHM_STEM)
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if removed:
+        log.info(f"removed {len(removed)} file(s)/folder(s) a killed server left: "
+                 f"{', '.join(p.name for p in removed[:3])}{' ...' if len(removed) > 3 else ''}")
+    return removed
 
 
 def _die_with_parent() -> None:

@@ -86,6 +86,18 @@ def tensorrt_rtx_status() -> Tuple[bool, str]:
 
 FLAVORS = ("tensorrt", "tensorrt-rtx")
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+FLAVOR_NAMES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
+
+
+def engine_runtime(entry: ArtifactEntry) -> str:
+    """Which TensorRT an engine entry was built with: "tensorrt" (datacenter) or "tensorrt-rtx"."""
+    return str(entry.get("runtime", "tensorrt"))
+
+
+def engine_runtime_label(entry: ArtifactEntry) -> str:
+    """The engine's runtime as people read it, e.g. "TensorRT-RTX 1.7.1.116" (every message names it so)."""
+    flavor = engine_runtime(entry)
+    return f"{FLAVOR_NAMES.get(flavor, flavor)} {entry.get('tensorrt_version') or '(version unknown)'}"
 
 
 def select_tensorrt(flavor: str):
@@ -161,7 +173,7 @@ class EngineRunner(Runner):
 def engine_runtime_status(entry: ArtifactEntry) -> Tuple[bool, str]:
     """(this machine can run the engine, why not): its TensorRT flavor importable, a CUDA GPU, and for
     TensorRT-RTX plans a compute capability the plan was built for."""
-    flavor = entry.get("runtime", "tensorrt")
+    flavor = engine_runtime(entry)
     if flavor != "tensorrt-rtx":
         return tensorrt_status()
     caps = list(entry.get("compute_capabilities") or [])
@@ -192,7 +204,7 @@ def load_engine_runner(path: Path, entry: Optional[ArtifactEntry], manifest: Opt
         path = manifest.artifact_path(entry)  # inside the export directory, sha256 as recorded
     elif sha256_file(path) != entry.sha256:
         raise EngineError(f"{path} does not match its manifest entry (sha256 differs); rebuild the engine")
-    flavor = entry.get("runtime", "tensorrt")
+    flavor = engine_runtime(entry)
     trt = select_tensorrt(flavor)
     if flavor == "tensorrt":
         check_engine_compat(entry.to_dict(), current_environment())
