@@ -2,15 +2,25 @@
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, List, Optional
+
+
+# "the disk is full" in its three forms: no space, quota exceeded, file size limit (RLIMIT_FSIZE)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL
 
 
 def sha256_file(path: str | Path) -> str:
@@ -41,10 +51,31 @@ def umask_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~mask
 
 
+def temp_prefix(stem: str) -> str:
+    """The prefix of a temp file or folder this process makes: ``stem`` + its PID, so that a later run can tell
+    a live run's temp (left alone) from a killed run's (removed: :func:`dead_owner_temps`)."""
+    return f"{stem}{os.getpid()}-"
+
+
+def dead_owner_temps(folder: Path, stem: str, suffix: str = "") -> List[Path]:
+    """Temps in ``folder`` named ``stem<PID>-...<suffix>`` (:func:`temp_prefix`) whose process is gone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.glob(f"{glob.escape(stem)}*{glob.escape(suffix)}"):
+        m = re.match(re.escape(stem) + r"(\d+)-", p.name)
+        if m and int(m.group(1)) != os.getpid() and not pid_alive(int(m.group(1))):
+            found.append(p)
+    return sorted(found)
+
+
 def save_atomic(path: str | Path, write: Callable[[str], None]) -> None:
-    """``write(tmp_name)`` writes the file; it is renamed to ``path`` only when complete."""
+    """``write(tmp_name)`` writes the file; it is renamed to ``path`` only when complete. The temp file is
+    ``.NAME.<pid>-*.tmp`` beside it (see :func:`dead_owner_temps`)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    path.parent.mkdir(parents=True, exist_ok=True)  # e.g. --json reports/run1.json: the folder is made, as checked
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(f".{path.name}."), suffix=".tmp", dir=str(path.parent))
     os.close(fd)
     try:
         write(tmp)
@@ -81,7 +112,22 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def foreign_files(folder: Path, ours: Callable[[str], bool]) -> List[str]:
+    """Paths under ``folder`` (relative, sorted) that ``ours(relative_path)`` does not claim: what replacing or
+    removing the folder would destroy of somebody else's. Folders count through their files; an empty folder
+    that is not on the way to one of ours counts itself."""
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()) and not ours(rel):
+                found.append(rel + "/")
+        elif not ours(rel):
+            found.append(rel)
+    return found
+
+
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -103,7 +149,7 @@ def exclusive_lock(path: Path, busy: Callable[[Path, int], Exception]) -> Iterat
                 pid = int(path.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and _pid_alive(pid):
+            if pid and pid_alive(pid):
                 raise busy(path, pid) from None
             path.unlink(missing_ok=True)  # stale: its export was killed
             continue

@@ -11,7 +11,7 @@ Unreadable files raise :class:`~lipt_export.errors.ImageError` naming the file a
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,8 +19,12 @@ import numpy as np
 
 from lipt_export.errors import ImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-SUPPORTED = "PNG, JPEG, WebP, BMP, TIFF"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+SUPPORTED = "PNG, JPEG, WebP, BMP, TIFF, GIF"
+# What `upscale` writes into every output it makes (PNG tEXt / EXIF "Software"), so that a later run over the
+# same folder recognises its own outputs instead of upscaling them again.
+SOFTWARE_MARK = "lipt-export upscale"
+EXIF_SOFTWARE = 0x0131
 
 
 def list_images(folder: str | Path) -> List[Path]:
@@ -74,6 +78,7 @@ class LoadedImage:
     gray: bool
     bits: int  # 8 or 16
     icc: Optional[bytes]
+    notes: List[str] = field(default_factory=list)  # what reading changed: frames dropped, bits reduced
 
 
 def load_image(path: str | Path) -> LoadedImage:
@@ -82,6 +87,7 @@ def load_image(path: str | Path) -> LoadedImage:
     path = Path(path)
     try:
         with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1)
             im = ImageOps.exif_transpose(im)
             icc = im.info.get("icc_profile")
             mode = im.mode
@@ -97,6 +103,12 @@ def load_image(path: str | Path) -> LoadedImage:
             mode = im.mode
     except Exception as exc:  # PIL raises many types for truncated, corrupt or non-image files
         raise _unreadable(path, exc) from None
+    notes = []
+    if frames > 1:
+        notes.append(f"{path.name} has {frames} frames (animated or multi-page): only the first is used")
+    if _png_rgb16(path):
+        notes.append(f"{path.name} is a 16-bit RGB(A) PNG: Pillow reads it at 8 bits per channel, so it is processed "
+                     f"and written at 8 bits (16-bit grayscale keeps its 16 bits)")
     bits, alpha, gray = 8, None, mode not in ("RGB", "RGBA")
     if mode.startswith("I"):
         bits, codes = 16, arr
@@ -111,7 +123,29 @@ def load_image(path: str | Path) -> LoadedImage:
         if mode == "RGBA":
             alpha = arr[..., 3].astype(np.float32) / 255.0
     rgb = CodedRGB(codes, 65535.0 if bits == 16 else 255.0)
-    return LoadedImage(rgb, alpha, gray, bits, icc)
+    return LoadedImage(rgb, alpha, gray, bits, icc, notes)
+
+
+def _png_rgb16(path: Path) -> bool:
+    """A PNG whose header says 16 bits per sample in colour (RGB or RGBA)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+def written_by_upscale(path: str | Path) -> bool:
+    """True when ``path`` carries :data:`SOFTWARE_MARK` (an output of `lipt-export upscale`)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            software = im.info.get("Software") or im.getexif().get(EXIF_SOFTWARE)
+    except Exception:  # unreadable files are reported when they are read, not here
+        return False
+    return isinstance(software, str) and software.startswith(SOFTWARE_MARK)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -145,7 +179,7 @@ class PngWriter:
     _COLOR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
 
     def __init__(self, path: str | Path, width: int, height: int, channels: int, bits: int = 8,
-                 icc: Optional[bytes] = None, level: int = 6):
+                 icc: Optional[bytes] = None, level: int = 6, text: Optional[dict] = None):
         import zlib
 
         if channels not in self._COLOR_TYPES or bits not in (8, 16):
@@ -158,6 +192,8 @@ class PngWriter:
         self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bits, self._COLOR_TYPES[channels], 0, 0, 0))
         if icc:
             self._chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+        for key, value in (text or {}).items():  # tEXt: Latin-1 keyword, NUL, Latin-1 text
+            self._chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("latin-1", "replace"))
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
         import zlib

@@ -15,15 +15,16 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from lipt_export._version import __version__
 from lipt_export.errors import ManifestError
-from lipt_export.fileio import json_default, sha256_file, write_json_atomic
+from lipt_export.fileio import foreign_files, json_default, sha256_file, write_json_atomic
 
 SCHEMA = "lipt-export/manifest"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+REPORT_NAME = "report.md"
 METADATA_KEY = "lipt_export.model"
 FORMATS = ("onnx", "tensorrt")
 
@@ -82,11 +83,21 @@ class IOContract:
     def from_dict(cls, d: Mapping[str, Any], where: str = "manifest io") -> "IOContract":
         scale = _need(d, "scale", int, where)
         if scale < 1:
-            raise ManifestError(f"{where}: scale {scale} must be >= 1")
+            raise ManifestError(f"{where}: scale {scale} must be >= 1 (edited); re-export")
         size, tiling = d.get("size") or {}, d.get("tiling") or {}
-        return cls(scale=scale, multiple_of=int(size.get("multiple_of", 1)), min_size=int(size.get("min", 1)),
-                   recommended_tile=int(tiling.get("recommended_tile") or 256),
-                   tile_overlap=int(tiling.get("overlap", 16)), tile_required=bool(tiling.get("required", False)),
+        for key, section in (("size", size), ("tiling", tiling)):
+            if not isinstance(section, Mapping):
+                raise ManifestError(f"{where}: '{key}' is {section!r}, not an object (edited); re-export")
+
+        def count(section: Mapping[str, Any], key: str, default: int, least: int) -> int:
+            value = section.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ManifestError(f"{where}: '{key}' is {value!r}, not an integer >= {least} (edited); re-export")
+            return value
+
+        return cls(scale=scale, multiple_of=count(size, "multiple_of", 1, 1), min_size=count(size, "min", 1, 1),
+                   recommended_tile=count(tiling, "recommended_tile", 256, 1),
+                   tile_overlap=count(tiling, "overlap", 16, 0), tile_required=bool(tiling.get("required", False)),
                    input_name=str(_need(d, "input", Mapping, where)["name"]),
                    output_name=str(_need(d, "output", Mapping, where)["name"]))
 
@@ -267,9 +278,11 @@ class Manifest:
             model = ModelInfo.from_dict(_need(d, "model", Mapping, origin), f"{origin}: model")
             io = IOContract.from_dict(_need(d, "io", Mapping, origin), f"{origin}: io")
             if model.scale != io.scale:
-                raise ManifestError(f"{origin}: model scale {model.scale} and io scale {io.scale} disagree")
+                raise ManifestError(f"{origin}: model scale {model.scale} and io scale {io.scale} disagree (edited); "
+                                    f"re-export")
             raw = _need(d, "artifacts", list, origin) if require_artifacts else d.get("artifacts") or []
             entries = tuple(ArtifactEntry.from_dict(a, f"{origin}: artifact") for a in raw)
+            _check_unique(entries, origin)
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ManifestError):
                 raise
@@ -282,6 +295,27 @@ class Manifest:
         if not isinstance(choice, Mapping) or not all(isinstance(v, Mapping) for v in choice.values()):
             raise ManifestError(f"{origin}: 'runtime_choice' must map precisions to records; re-export")
         return cls(model, io, d.get("export") or {}, entries, str(d.get("created", "")), root, golden, choice)
+
+
+def _check_unique(entries: Iterable[ArtifactEntry], origin: str) -> None:
+    """One artifact per format and precision (and per path): a second one would be silently ignored by
+    whatever picks the first."""
+    seen: Dict[Any, str] = {}
+    for e in entries:
+        for key, what in (((e.format, e.precision), f"two {e.precision} {e.format} artifacts"),
+                          (("path", e.path), f"'{e.path}' twice")):
+            if key in seen:
+                raise ManifestError(f"{origin} lists {what} ('{seen[key]}' and '{e.path}'): a consumer cannot tell "
+                                    f"which to run; re-export")
+            seen[key] = e.path
+
+
+def demo_weights_warning(manifest: Manifest) -> Optional[str]:
+    """One line for the commands that serve an export made without --weights (its pictures are meaningless)."""
+    if manifest.model.weights.get("source") != "demo-init":
+        return None
+    return (f"{manifest.root or 'this model'} carries demo weights (exported without --weights): the pipeline is real, "
+            f"the pictures are not; export your checkpoint with --weights")
 
 
 def versions() -> Dict[str, str]:
@@ -308,6 +342,39 @@ def read_manifest(target: str | Path) -> Manifest:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path} is not valid JSON ({exc}); re-export") from None
     return Manifest.from_dict(data, str(path), root=path.parent)
+
+
+def export_files(data: Mapping[str, Any]) -> List[str]:
+    """The files an export directory holds by its manifest (as parsed JSON): the manifest, report.md, golden.npz
+    and every artifact."""
+    files = [MANIFEST_NAME, REPORT_NAME]
+    golden = data.get("golden")
+    if isinstance(golden, Mapping) and isinstance(golden.get("path"), str):
+        files.append(golden["path"])
+    files += [a["path"] for a in data.get("artifacts") or [] if isinstance(a, Mapping) and isinstance(a.get("path"), str)]
+    return files
+
+
+def replaceable_problem(folder: str | Path, extra: Callable[[str], bool] = lambda rel: False) -> Optional[str]:
+    """Why ``folder`` is not something this tool wrote and may replace (None when it is): it must hold a
+    lipt-export manifest, and nothing beyond the files that manifest accounts for (plus what ``extra`` claims,
+    e.g. a Triton model's config and version folder). A user's own files are never replaced."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return "it holds no manifest.json, so it is not an export of this tool"
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"its manifest.json cannot be read ({type(exc).__name__})"
+    if not isinstance(data, Mapping) or data.get("schema") != SCHEMA:
+        return "its manifest.json is not a lipt-export manifest"
+    ours = set(export_files(data))
+    foreign = foreign_files(folder, lambda rel: rel in ours or extra(rel))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else "")
+        return f"it holds files this tool did not write: {shown}"
+    return None
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:

@@ -11,41 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from lipt_export.cli import main
+from helpers.cli import assert_one_line_error, run_cli, tree
 
 TINY = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--backend", "onnxruntime", "--no-lint"]
-
-
-def _cli(*args, cwd=None):
-    old = os.getcwd()
-    if cwd:
-        os.chdir(cwd)
-    try:
-        return CliRunner().invoke(main, [str(a) for a in args], prog_name="lipt-export")
-    finally:
-        os.chdir(old)
-
-
-def _tree(root: Path):
-    """Every file and folder under root with its content hash and mode: 'nothing changed' is equality."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        st = p.stat()
-        out[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
-                                         st.st_mode)
-    return out
-
-
-def _one_line_error(res, *needles):
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert res.exit_code == 2, res.output
-    assert len(lines) == 1 and lines[0].startswith("lipt-export: error:"), res.stderr
-    assert "Traceback" not in res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def _png(path: Path, h: int, w: int, seed: int = 0) -> Path:
@@ -57,7 +27,7 @@ def _png(path: Path, h: int, w: int, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    res = _cli(*TINY, "--out", root / "out")
+    res = run_cli(*TINY, "--out", root / "out")
     assert res.exit_code == 0, res.output
     return root / "out" / "lipt-tiny-x2"
 
@@ -77,8 +47,9 @@ def _edit_manifest(d: Path, edit) -> None:
 # -- export ------------------------------------------------------------------------------------------------
 
 def test_bare_command_prints_help_and_writes_nothing(tmp_path):
-    res = _cli(cwd=tmp_path)
+    res = run_cli(cwd=tmp_path)
     assert res.exit_code == 0 and "Usage: lipt-export" in res.output and "Commands:" in res.output
+    assert "Models (variants; scales):" in res.output and "esrt     base; x2, x3, x4" in res.output
     assert not any(tmp_path.iterdir())
 
 
@@ -93,9 +64,18 @@ def _garbage_checkpoints(tmp_path: Path):
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     nan = tmp_path / "nan.pt"
     torch.save({"head.0.weight": torch.tensor([1.0, float("nan"), float("inf")]), "b": torch.ones(2)}, nan)
+    absurd = tmp_path / "absurd.pt"
+    torch.save({"head.0.weight": torch.tensor([1.0, 1.4e27]), "b": torch.ones(2)}, absurd)
+    crc = tmp_path / "crc.pt"  # a flipped byte inside a stored tensor: the zip still opens, its CRC no longer matches
+    torch.save({"w": torch.arange(4096, dtype=torch.float32)}, crc)
+    data = bytearray(crc.read_bytes())
+    at = data.index(np.arange(4096, dtype=np.float32).tobytes()[4000:4016])  # torch stores tensors uncompressed
+    data[at] ^= 0x40
+    crc.write_bytes(bytes(data))
     return {"text": (text, "is a text file"), "empty": (empty, "is an empty file"),
             "truncated": (truncated, "truncated or corrupt"), "folder": (tmp_path, "is a folder"),
-            "nan": (nan, "2 NaN/Inf values in 1 tensor(s) (head.0.weight)")}
+            "nan": (nan, "2 NaN/Inf values in 1 tensor(s) (head.0.weight)"),
+            "absurd": (absurd, "|head.0.weight| reaches 1.4e+27"), "crc": (crc, "fails its CRC check")}
 
 
 EXPORT_CASES = {
@@ -105,16 +85,20 @@ EXPORT_CASES = {
     "unknown model": (["--model", "nope"], ["unknown model 'nope'"]),
     "tile-less int8": ([*TINY, "--int8"], ["INT8 needs representative images"]),
     "json is a folder": ([*TINY, "--json", "{tmp}"], ["--json", "is a folder"]),
+    "opset 5": ([*TINY, "--opset", "5"], ["--opset 5 is outside", "13..20"]),
+    "opset 99": ([*TINY, "--opset", "99"], ["--opset 99 is outside"]),
+    "parity 1x1": ([*TINY, "--parity-size", "1x1", "--parity-size", "2x3"], ["1x1, 2x3", "smallest input 9x9"]),
+    "unknown option value": ([*TINY, "--simplify", "magic"], ["invalid value for '--simplify'", "--help"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(EXPORT_CASES))
 def test_export_refusals(case, tmp_path):
     args, needles = EXPORT_CASES[case]
-    before = _tree(tmp_path)
-    res = _cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], "--out", tmp_path / "out", cwd=tmp_path)
-    _one_line_error(res, *needles)
-    assert _tree(tmp_path) == before
+    before = tree(tmp_path)
+    res = run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], "--out", tmp_path / "out", cwd=tmp_path)
+    assert_one_line_error(res, *needles)
+    assert tree(tmp_path) == before
 
 
 def test_export_checks_calib_and_out_before_any_work(tmp_path):
@@ -127,35 +111,35 @@ def test_export_checks_calib_and_out_before_any_work(tmp_path):
             (["--int8", "--calib", tmp_path / "junk"], ["cannot read image", "a.png"]),
             (["--int8", "--calib", tmp_path / "missing"], ["is not a folder"]),
             (["--out", tmp_path / "file"], ["is a file, not a folder"])):
-        before = _tree(tmp_path)
-        res = _cli(*TINY, *args, *([] if "--out" in args else ["--out", tmp_path / "out"]))
-        _one_line_error(res, *needles)
+        before = tree(tmp_path)
+        res = run_cli(*TINY, *args, *([] if "--out" in args else ["--out", tmp_path / "out"]))
+        assert_one_line_error(res, *needles)
         assert "[model]" not in res.output  # refused before the model was even built
-        assert _tree(tmp_path) == before
+        assert tree(tmp_path) == before
 
 
-@pytest.mark.parametrize("kind", ["text", "empty", "truncated", "folder", "nan"])
+@pytest.mark.parametrize("kind", ["text", "empty", "truncated", "folder", "nan", "absurd", "crc"])
 def test_bad_checkpoints_are_named_not_blamed_on_the_exporter(kind, tmp_path):
     path, needle = _garbage_checkpoints(tmp_path)[kind]
-    before = _tree(tmp_path)
-    res = _cli(*TINY, "--weights", path, "--out", tmp_path / "out")
-    _one_line_error(res, needle)
-    assert "ONNX" not in res.stderr and _tree(tmp_path) == before
+    before = tree(tmp_path)
+    res = run_cli(*TINY, "--weights", path, "--out", tmp_path / "out")
+    assert_one_line_error(res, needle)
+    assert "ONNX" not in res.stderr and tree(tmp_path) == before
 
 
 def test_existing_export_needs_overwrite_and_a_running_export_holds_a_lock(export, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(export, out / "lipt-tiny-x2")
-    before = _tree(tmp_path)
-    _one_line_error(_cli(*TINY, "--out", out), "already exists", "--overwrite")
-    assert _tree(tmp_path) == before
+    before = tree(tmp_path)
+    assert_one_line_error(run_cli(*TINY, "--out", out), "already exists", "--overwrite")
+    assert tree(tmp_path) == before
     lock = out / ".lipt-tiny-x2.lock"
     lock.write_text(str(os.getpid()))  # a live process holds it
-    before = _tree(tmp_path)
-    _one_line_error(_cli(*TINY, "--out", out, "--overwrite"), "another export into", "is running")
-    assert _tree(tmp_path) == before
+    before = tree(tmp_path)
+    assert_one_line_error(run_cli(*TINY, "--out", out, "--overwrite"), "another export into", "is running")
+    assert tree(tmp_path) == before
     lock.write_text("999999999")  # a killed run's lock: taken over
-    res = _cli(*TINY, "--out", out, "--overwrite", "--seed", "3")
+    res = run_cli(*TINY, "--out", out, "--overwrite", "--seed", "3")
     assert res.exit_code == 0, res.output
     assert not lock.exists() and json.loads((out / "lipt-tiny-x2" / "manifest.json").read_text())[
         "model"]["weights"]["seed"] == 3
@@ -164,7 +148,7 @@ def test_existing_export_needs_overwrite_and_a_running_export_holds_a_lock(expor
 def test_outputs_honour_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        res = _cli(*TINY, "--out", tmp_path / "out")
+        res = run_cli(*TINY, "--out", tmp_path / "out")
         assert res.exit_code == 0, res.output
     finally:
         os.umask(old)
@@ -181,6 +165,16 @@ def _flip_onnx(d: Path):
     (d / "model.onnx").write_bytes(bytes(data))
 
 
+def _duplicate_fp32(d: Path):
+    """A second fp32 ONNX entry for an altered copy, with its own (correct) sha256: which one would run?"""
+    data = bytearray((d / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (d / "altered.onnx").write_bytes(bytes(data))
+    entry = {"path": "altered.onnx", "format": "onnx", "precision": "fp32",
+             "sha256": hashlib.sha256(bytes(data)).hexdigest(), "bytes": len(data)}
+    _edit_manifest(d, lambda m: m["artifacts"].insert(0, entry))
+
+
 MANIFEST_CASES = {
     "flipped byte": (_flip_onnx, ["sha256 differs"]),
     "path outside": (lambda d: _edit_manifest(d, lambda m: m["artifacts"][0].update(path="../../../../etc/passwd")),
@@ -192,6 +186,9 @@ MANIFEST_CASES = {
     "scale 2 -> 4": (lambda d: _edit_manifest(d, lambda m: (m["model"].update(scale=4), m["io"].update(scale=4))),
                      ["says lipt x4 but model.onnx was exported as lipt x2"]),
     "not json": (lambda d: (d / "manifest.json").write_text("{"), ["is not valid JSON"]),
+    "multiple_of 0": (lambda d: _edit_manifest(d, lambda m: m["io"]["size"].update(multiple_of=0)),
+                      ["'multiple_of' is 0, not an integer >= 1"]),
+    "two fp32 entries": (_duplicate_fp32, ["lists two fp32 onnx artifacts", "cannot tell which to run"]),
 }
 
 
@@ -208,19 +205,19 @@ def test_every_command_refuses_an_untrustworthy_export(case, command, export, tm
     data = tmp_path / "ds"
     (data / "HR").mkdir(parents=True)
     _png(data / "HR" / "x.png", 32, 32)
-    before = _tree(tmp_path)
+    before = tree(tmp_path)
     args = {"upscale": ["upscale", d, img, tmp_path / "o.png"],
             "eval": ["eval", "--model", "lipt", "--variant", "tiny", "--scale", "2", "--no-eager", "--artifact", d,
                      "--dataset", data],
             "triton": ["triton", d, "--repo", tmp_path / "repo"],
             "bench": ["bench", d, "--sizes", "16x16", "--runs", "1", "--warmup", "0"],
             "verify": ["verify", d]}[command]
-    res = _cli(*args)
+    res = run_cli(*args)
     if command == "verify" and case in ARTIFACT_LEVEL:  # verify reports per artifact instead of stopping
         assert res.exit_code == 1 and all(n in res.output for n in needles) and "fail" in res.output
     else:
-        _one_line_error(res, *needles)
-    assert _tree(tmp_path) == before
+        assert_one_line_error(res, *needles)
+    assert tree(tmp_path) == before
 
 
 # -- upscale ----------------------------------------------------------------------------------------------
@@ -228,16 +225,16 @@ def test_every_command_refuses_an_untrustworthy_export(case, command, export, tm
 def test_tiny_images_are_padded_and_bad_tiles_refused(export, tmp_path):
     for h, w in ((1, 1), (3, 5), (4, 4)):
         img = _png(tmp_path / f"t{h}x{w}.png", h, w)
-        res = _cli("upscale", export, img, tmp_path / f"o{h}x{w}.png", "-q")
+        res = run_cli("upscale", export, img, tmp_path / f"o{h}x{w}.png", "-q")
         assert res.exit_code == 0, res.output
         assert Image.open(tmp_path / f"o{h}x{w}.png").size == (2 * w, 2 * h)
     img = _png(tmp_path / "in.png", 40, 40)
-    before = _tree(tmp_path)
-    _one_line_error(_cli("upscale", export, img, tmp_path / "o.png", "--tile", "4"), "tile 4 is too small")
-    _one_line_error(_cli("upscale", export, img, tmp_path / "o.png", "--tile", "16", "--overlap", "100"),
+    before = tree(tmp_path)
+    assert_one_line_error(run_cli("upscale", export, img, tmp_path / "o.png", "--tile", "4"), "tile 4 is too small")
+    assert_one_line_error(run_cli("upscale", export, img, tmp_path / "o.png", "--tile", "16", "--overlap", "100"),
                     "tile 16 is too small for overlap 100")
-    _one_line_error(_cli("triton", export, "--repo", tmp_path / "repo", "--name", 'a"b'), "invalid model name")
-    assert _tree(tmp_path) == before
+    assert_one_line_error(run_cli("triton", export, "--repo", tmp_path / "repo", "--name", 'a"b'), "invalid model name")
+    assert tree(tmp_path) == before
 
 
 def test_folder_upscaling_survives_bad_files_collisions_and_resumes(export, tmp_path):
@@ -250,13 +247,84 @@ def test_folder_upscaling_survives_bad_files_collisions_and_resumes(export, tmp_
     _png(src / "d.png", 18, 22, seed=3)
     out = tmp_path / "out"
     out.mkdir()
-    stale = out / ".d.png.abc123.tmp"
+    stale = out / ".d.png.999999999-abc123.tmp"  # its process is gone: a killed run's
     stale.write_bytes(b"left by a killed run")
-    res = _cli("upscale", export, src, out, "--format", "png", "-q")
+    live = out / ".d.png.1-xyz789.tmp"  # process 1 lives: another upscale's file in progress
+    live.write_bytes(b"another run is writing this")
+    res = run_cli("upscale", export, src, out, "--format", "png", "-q")
     assert res.exit_code == 2, res.output
     assert "cannot read image" in res.stderr and "c.png" in res.stderr
     assert "done 4, failed 1, skipped 0" in res.output and "a_jpg.png, a_png.png" in res.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["a_jpg.png", "a_png.png", "b.png", "d.png"]  # stale gone
-    before = _tree(out)
-    res = _cli("upscale", export, src, out, "--format", "png", "-q", "--skip-existing")
-    assert "done 0, failed 1, skipped 4" in res.output and _tree(out) == before
+    assert sorted(p.name for p in out.iterdir()) == [live.name, "a_jpg.png", "a_png.png", "b.png", "d.png"]
+    live.unlink()
+    before = tree(out)
+    res = run_cli("upscale", export, src, out, "--format", "png", "-q", "--skip-existing")
+    assert "done 0, failed 1, skipped 4" in res.output and tree(out) == before
+
+
+# -- values that used to end in a traceback or in hours of work ---------------------------------------------
+
+def _onnx_without_its_data(export: Path, tmp_path: Path) -> Path:
+    import onnx
+
+    model = onnx.load(str(export / "model.onnx"))
+    path = tmp_path / "ext" / "model.onnx"
+    path.parent.mkdir()
+    onnx.save(model, str(path), save_as_external_data=True, location="model.data", size_threshold=0)
+    (path.parent / "model.data").unlink()  # copied without its weights
+    return path
+
+
+def _onnx_ir_99(export: Path, tmp_path: Path) -> Path:
+    import onnx
+
+    model = onnx.load(str(export / "model.onnx"))
+    model.ir_version = 99
+    path = tmp_path / "ir99.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_values_that_used_to_crash_are_one_line(export, tmp_path):
+    img = _png(tmp_path / "in.png", 20, 24)
+    ext, ir99 = _onnx_without_its_data(export, tmp_path), _onnx_ir_99(export, tmp_path)
+    data = tmp_path / "ds"
+    (data / "HR").mkdir(parents=True)
+    _png(data / "HR" / "x.png", 32, 32)
+    eval_args = ["eval", "--model", "lipt", "--variant", "tiny", "--scale", "2", "--dataset", data]
+    cases = [
+        (["bench", export, "--sizes", "100000x100000", "--no-eager"], ["--sizes 100000x100000", "GiB"]),
+        (["lint", ext], ["cannot read", "external data"]),
+        (["upscale", ext, img, tmp_path / "o1.png"], ["ONNX Runtime cannot load", "external"]),
+        (["upscale", ir99, img, tmp_path / "o2.png", "--runtime", "onnxruntime"],
+         ["Unsupported model IR version: 99"]),
+        ([*eval_args, "--limit", "-1"], ["invalid value for '--limit'"]),
+        ([*eval_args, "--limit", "0"], ["invalid value for '--limit'"]),
+        ([*eval_args, "--json", tmp_path], ["--json", "is a folder"]),
+        (["verify", export, "--json", tmp_path / "no" / "such" / "dir" / "v.json"], []),
+        (["lint", export / "model.onnx", "--json", tmp_path], ["--json", "is a folder"]),
+        (["triton", export, "--repo", tmp_path / "repo", "--tiled", "--overlap", "100000"],
+         ["too small for overlap 100000"]),
+    ]
+    for args, needles in cases:
+        before = tree(tmp_path)
+        res = run_cli(*args)
+        if args[0] == "verify":  # a --json folder that can be created is fine: the run itself must succeed
+            assert res.exit_code == 0, res.output
+            continue
+        assert_one_line_error(res, *needles)
+        assert tree(tmp_path) == before, args
+    assert not (tmp_path / "repo").exists()
+
+
+def test_open_dataset_refuses_a_limit_below_one(tmp_path):
+    from lipt_export.errors import DatasetError
+    from lipt_export.validation.datasets import open_dataset
+
+    (tmp_path / "HR").mkdir()
+    for k in range(3):
+        _png(tmp_path / "HR" / f"{k}.png", 16, 16, seed=k)
+    assert len(open_dataset(tmp_path, 2, limit=2)) == 2
+    for bad in (0, -1):
+        with pytest.raises(DatasetError, match="at least 1"):
+            open_dataset(tmp_path, 2, limit=bad)

@@ -17,6 +17,7 @@ from lipt_export.errors import CheckpointError, ModelError
 from lipt_export.models.agileir import AgileIR, AgileIRConfig, read_agileir_arch
 from lipt_export.models.arch import resolve_architecture
 from lipt_export.models.layers import DIV2K_MEAN
+from lipt_export.models.loading import prepare_model
 from lipt_export.models.lipt import LIPT, LIPTConfig, init_lipt_for_tests
 from lipt_export.models.registry import get_spec
 from lipt_export.runtime.ort import OnnxRuntimeRunner
@@ -146,11 +147,11 @@ def test_lipt_reader_on_a_deploy_checkpoint_and_wrong_family():
 SMALL_AGILEIR = AgileIRConfig(window_size=8, depths=(2, 2), embed_dim=24, num_heads=(3, 3), key_dims=(8, 8))
 
 
-def _agileir_checkpoint(tmp_path, public: bool, seed: int = 0):
+def _agileir_checkpoint(tmp_path, public: bool, seed: int = 0, config: AgileIRConfig = SMALL_AGILEIR):
     """Official KAIR layout ({step}_G.pth = raw state dict, with the size-dependent attn_mask buffers). A
     public-code checkpoint never trains the attention-output BatchNorm: gamma = beta = 0 (its init)."""
     spec = get_spec("agileir")
-    model = AgileIR(SMALL_AGILEIR, upscale=2).eval()
+    model = AgileIR(config, upscale=2).eval()
     spec.init_for_tests(model, seed)
     sd = model.state_dict()
     for k in list(sd):
@@ -267,3 +268,30 @@ def test_fixed_architecture_families_read_their_argument_sets(tmp_path):
         resolve_architecture(get_spec("smsr"), None, 2, config_file=str(args))
     args.write_text("--scale 4 --n_feats 32\n")
     assert resolve_architecture(get_spec("esrt"), None, 4, config_file=str(args)).notes == ()
+
+
+def test_agileir_variant_with_a_public_code_checkpoint_of_that_variant_loads(tmp_path):
+    """`--variant normal` and a checkpoint of `normal` trained with the public code: the attention form is what
+    the weights were trained to compute, not a size the variant fixes, so it loads (as without --variant), also
+    with --agileir-attention public and with the KAIR option file of that variant."""
+    from lipt_export.models.agileir import VARIANTS
+
+    _, ckpt = _agileir_checkpoint(tmp_path, public=True, config=VARIANTS["normal"])
+    kair = tmp_path / "train_agileir_x2_lightweight_normal.json"
+    kair.write_text(json.dumps({"netG": {"net_type": "agileir", "upscale": 2, "window_size": 8, "embed_dim": 60,
+                                         "depths": [8, 8, 8, 8], "num_heads": [6, 6, 6, 6],
+                                         "key_dims": [16, 16, 16, 16], "mlp_ratio": 2}}))
+    spec = get_spec("agileir")
+    for variant, options, config in ((None, {}, None), ("normal", {}, None), ("normal", {"attention": "public"}, None),
+                                     ("normal", {}, str(kair))):
+        prepared = prepare_model(spec, variant, 2, str(ckpt), options=options, config_file=config)
+        assert prepared.arch.variant == "normal" and prepared.arch.config.attention == "public", (variant, options)
+    res = _export(tmp_path, "--model", "agileir", "--variant", "normal", "--scale", 2, "--weights", ckpt,
+                  "--config", kair)
+    assert res.exit_code == 0, res.output
+    d, man = _one_export(tmp_path)
+    assert d.name == "agileir-normal-x2" and man["model"]["architecture"]["config"]["attention"] == "public"
+    # a real disagreement on a size is still refused, naming what the checkpoint is
+    _, small = _agileir_checkpoint(tmp_path, public=True)
+    with pytest.raises(CheckpointError, match="but --variant normal is"):
+        prepare_model(spec, "normal", 2, str(small))

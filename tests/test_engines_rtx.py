@@ -276,3 +276,21 @@ def test_auto_runtime_is_chosen_per_artifact_within_its_accuracy_budget(lipt_pre
     got = np.mean([psnr_y_nchw(np.asarray(q({0: lr})[q.outputs[0]]), hr, shave) for lr, hr in pairs])
     assert abs((got - base) - ov_int8["delta_psnr_y_db"]) < 2e-3
     assert ov_int8["within_budget"] is bool(base - got <= budget)
+
+
+def test_triton_never_writes_a_tensorrt_rtx_plan_as_a_tensorrt_model(lipt_precisions, tmp_path):
+    """Triton's tensorrt_plan backend links datacenter TensorRT: a TensorRT-RTX plan there is a repository no
+    stock Triton serves. auto serves the ONNX file and says why; asking for the plan is one line that says why."""
+    d, _ = lipt_precisions
+    repo = tmp_path / "repo"
+    res = _cli("triton", d, "--repo", repo, "--name", "m")
+    assert res.exit_code == 0, res.output
+    assert 'platform: "onnxruntime_onnx"' in (repo / "m" / "config.pbtxt").read_text()
+    assert sorted(p.name for p in (repo / "m" / "1").iterdir()) == ["model.onnx"]
+    version = _manifest(d)["artifacts"][-1]["tensorrt_version"]
+    assert f"model.fp32.engine (TensorRT-RTX {version}) is not in the repository" in res.stderr
+    before = sorted(p.name for p in repo.iterdir())
+    res = CliRunner().invoke(main, ["triton", str(d), "--repo", str(repo), "--name", "p", "--format", "tensorrt"])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert f"is a TensorRT-RTX {version} plan" in res.stderr and "cannot load it" in res.stderr
+    assert sorted(p.name for p in repo.iterdir()) == before

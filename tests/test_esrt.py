@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -17,6 +19,8 @@ import torch.nn as nn
 from click.testing import CliRunner
 
 from lipt_export.cli import main
+from lipt_export.engines.shapes import MAX_ELEMENTS, check_max_shape, largest_tensor, parse_profile
+from lipt_export.errors import ProfileError
 from lipt_export.export.onnx_export import spatial_dims
 from lipt_export.models import esrt
 from lipt_export.errors import CheckpointError
@@ -215,3 +219,28 @@ def test_runtime_tiles_by_default_and_matches_manual_tiling(cli_export):
     with torch.no_grad():
         whole = eager(torch.from_numpy(lr)).numpy()
     assert rel_l2(whole, ref) > 1e-4
+
+
+def test_a_profile_esrt_cannot_build_is_refused_before_torch_loads(cli_export, tmp_path):
+    """`--shapes` whose MAX makes ESRT's attention pass 2^31 elements: one line with the largest MAX that fits,
+    from the catalog alone (torch never imported), and nothing written."""
+    code = ("import sys\nfrom lipt_export.cli import main\ntry:\n    main(sys.argv[1:], prog_name='lipt-export')\n"
+            "except SystemExit as exc:\n    print('exit', exc.code, 'torch loaded:', 'torch' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code, "--model", "esrt", "--scale", "4", "--shapes",
+                          "32x32:64x64:512x512", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120)
+    assert "exit 2 torch loaded: False" in res.stdout, res.stdout + res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("lipt-export: error: --shapes max 512x512") and "largest MAX that fits is 181x181" in line
+    assert not (tmp_path / "out").exists()
+    # the bound the refusal used is the graph's: 181x181 fits, 182x182 does not (measured on the exported file)
+    onnx_path = cli_export / "model.onnx"
+    assert largest_tensor(onnx_path, [1, 3, 181, 181]).largest < MAX_ELEMENTS
+    assert largest_tensor(onnx_path, [1, 3, 182, 182]).largest >= MAX_ELEMENTS
+
+
+def test_the_exact_check_names_the_largest_max_of_the_graph(cli_export):
+    """After export, the exact check measures the graph and names the largest square MAX it can hold."""
+    with pytest.raises(ProfileError, match=r"largest MAX that fits is 181x181"):
+        check_max_shape(cli_export / "model.onnx", parse_profile("32x32:64x64:200x200"))
+    assert check_max_shape(cli_export / "model.onnx", parse_profile("32x32:64x64:64x64")).largest < MAX_ELEMENTS

@@ -89,3 +89,45 @@ def test_guard_needs_inputs(tmp_path):
     export_onnx(ConvSR().eval(), path, sample_hw=(32, 32))
     with pytest.raises(ValueError, match="calibration inputs"):
         convert_fp16(path, tmp_path / "x.onnx", calib_inputs=[])
+
+
+class _Underflowing(torch.nn.Module):
+    """An SR-shaped net whose fp16 form loses precision without any overflow: the image passes through values
+    near 1e-6, fp16's subnormal range (spacing 6e-8, a few percent of the signal): nothing for an FP32 island."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(3)[:, :, None, None] * 1e-6)
+
+    def forward(self, x):
+        y = self.conv(x).transpose(2, 3)  # a Transpose materialises the tiny values in fp16 (see the module doc)
+        return torch.nn.functional.interpolate((y * 1e6).transpose(2, 3), scale_factor=2, mode="nearest")
+
+
+def test_a_large_fp16_error_is_flagged_in_the_summary(tmp_path):
+    from lipt_export.export.summary import flag_lines, render_report
+    from lipt_export.manifest import ArtifactEntry, IOContract, Manifest, ModelInfo
+    from lipt_export.validation.parity import FLAG_REL_L2, compare, precision_flag
+
+    model = _Underflowing().eval()
+    path = tmp_path / "model.onnx"
+    export_onnx(model, path, sample_hw=(32, 32))
+    extra = convert_fp16(path, tmp_path / "model.fp16.onnx", calib_inputs=natural_inputs([(32, 32)], seed=1))
+    assert extra["fp16_islands"] == []  # nothing overflows: the loss is precision, not range
+    runners = [OnnxRuntimeRunner(tmp_path / p, name=p, precision=q) for p, q in
+               (("model.onnx", "fp32"), ("model.fp16.onnx", "fp16"))]
+    fp32, fp16 = compare(TorchRunner(model), runners, natural_inputs(SIZES, seed=4))
+    assert fp16.finite and fp16.rel_l2 > FLAG_REL_L2 and precision_flag(fp32) is None
+    flag = precision_flag(fp16)
+    assert flag and f"rel-L2 {fp16.rel_l2:.1e}" in flag
+    entries = [ArtifactEntry.for_file(tmp_path / p.artifact, tmp_path, fmt="onnx", precision=p.precision,
+                                      parity=p.as_dict(), **({"flag": precision_flag(p)} if precision_flag(p) else {}))
+               for p in (fp32, fp16)]
+    man = Manifest.new(model=ModelInfo("toy", "x", 2, {"weights": {}}), io=IOContract(scale=2),
+                       export={"exporter": "torchscript", "opset": 17,
+                               "simplifier": {"tool": "none", "nodes_before": 1, "nodes_after": 1}})
+    man = man.with_artifacts(entries)
+    assert flag_lines(man) == [f"FLAGGED model.fp16.onnx: {flag}"]
+    assert f"**FLAGGED model.fp16.onnx: {flag}**" in render_report(man)

@@ -200,28 +200,34 @@ def test_bench_command_times_every_artifact(exported, tmp_path):
     data = json.loads(js.read_text())
     assert data["inputs"] == [[32, 40]] and [r["row"] for r in data["rows"]] == ["model.onnx @ onnxruntime"]
     assert all(r["median_ms"] > 0 for r in data["rows"]) and "median ms" in res.output
+    assert "bench rounds" in res.stderr and "3/3" in res.stderr  # progress per round (1 warm-up + 2 timed)
 
 
 def test_cli_defaults_and_catalog_match_the_library():
     """The command line checks names and shows defaults without importing the library: keep them equal."""
     from lipt_export import catalog
     from lipt_export.cli import export as cli_export
-    from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, DEFAULT_SHAPES, EngineOptions
+    from lipt_export.engines.shapes import DEFAULT_SHAPES, default_shapes
+    from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, EngineOptions
     from lipt_export.models.registry import available_models, get_spec
 
-    assert {n: (s.variants, s.scales, s.default_variant) for n, s in available_models().items()} == \
-        {n: tuple(f) for n, f in catalog.FAMILIES.items()}
+    fields = ("variants", "scales", "default_variant", "min_size", "recommended_tile", "tile_required",
+              "static_engine_profile")
+    assert {n: tuple(getattr(s, f) for f in fields) for n, s in available_models().items()} == \
+        {n: tuple(getattr(f, k) for k in fields) for n, f in catalog.FAMILIES.items()}
     assert set(cli_export.BACKENDS) == set(pipeline.BACKENDS)
     assert cli_export.DEFAULT_COMPUTE_CAPABILITIES == DEFAULT_COMPUTE_CAPABILITIES
     e = EngineOptions()
-    assert (cli_export.DEFAULT_SHAPES, cli_export.DEFAULT_BATCH, cli_export.DEFAULT_WORKSPACE_GIB,
-            cli_export.DEFAULT_OPT_LEVEL) == (DEFAULT_SHAPES, e.batch, e.workspace_gib, e.builder_opt_level)
-    # --shapes unset: each family's default profile; AgileIR's is static at its tile, and --shapes wins
+    assert (cli_export.DEFAULT_BATCH, cli_export.DEFAULT_WORKSPACE_GIB, cli_export.DEFAULT_OPT_LEVEL) == \
+        (e.batch, e.workspace_gib, e.builder_opt_level)
+    # --shapes unset: each family's default profile from its tile policy; --shapes wins
     for name, spec in available_models().items():
         t = spec.recommended_tile
-        want = f"{t}x{t}:{t}x{t}:{t}x{t}" if spec.static_engine_profile else DEFAULT_SHAPES
-        assert e.for_model(spec).shapes == want
+        want = (f"{t}x{t}:{t}x{t}:{t}x{t}" if spec.static_engine_profile else
+                f"{min(32, t)}x{min(32, t)}:{t}x{t}:{t}x{t}" if spec.tile_required else DEFAULT_SHAPES)
+        assert e.for_model(spec).shapes == default_shapes(name) == want
     assert get_spec("agileir").static_engine_profile and not get_spec("lipt").static_engine_profile
+    assert default_shapes("esrt") == "32x32:64x64:64x64"
     assert EngineOptions(shapes="16x16:32x32:48x48").for_model(get_spec("agileir")).shapes == "16x16:32x32:48x48"
     assert cli_export.DEFAULT_PARITY_SIZES == pipeline.DEFAULT_PARITY_SIZES
-    assert pipeline.ExportConfig().backend == "auto"
+    assert pipeline.ExportConfig().backend == "auto" and pipeline.ExportConfig().opset == catalog.DEFAULT_OPSET

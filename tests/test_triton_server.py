@@ -87,6 +87,9 @@ def test_every_variant_loads_with_its_config(client, server):
     # the BLS model runs the tiling vendored into its own version folder, not a lipt_export found elsewhere
     vendored = server.repo / f"{NAME}_tiled" / "1" / "lipt_export" / "runtime" / "tiling.py"
     assert f"tiling from {vendored}" in server.log_path.read_text()
+    # the Python backend's shared memory carries the starting process's PID: a later start removes it only once
+    # that process is gone (a killed serve), never a live server's
+    assert list(Path("/dev/shm").glob(f"lipt-serve-{os.getpid()}-*")), sorted(Path("/dev/shm").iterdir())
 
 
 def test_setup_is_idempotent():
@@ -212,7 +215,8 @@ def test_serve_command_serves_answers_its_curl_example_and_stops_on_sigterm(expo
         assert "Ctrl-C or SIGTERM" in text, text
         assert f"model    {NAME}_tiled" in text and "Python-based onnxruntime backend" in text
         curl = next(ln for ln in lines if ln.strip().startswith("curl "))
-        body = re.search(r"-d '(.*)'", curl).group(1)
+        body = Path(re.search(r"-d @(\S+)", curl).group(1)).read_text()
+        assert len(curl) < 200, curl  # short: the request is a file, not 768 numbers inline
         url = re.search(r"curl -s (\S+)", curl).group(1)
         for model in (NAME, f"{NAME}_tiled"):
             req = urllib.request.Request(url.replace(f"/models/{NAME}/", f"/models/{model}/"), data=body.encode(),

@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 
+from lipt_export.cli.options import write_models_table  # noqa: E402
 from lipt_export.errors import LiptExportError  # noqa: E402
 
 COMMANDS = {
@@ -86,6 +87,9 @@ class DefaultGroup(click.Group):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
+    def format_epilog(self, ctx, formatter):
+        write_models_table(formatter)
+
     def list_commands(self, ctx):
         return sorted(COMMANDS)
 
@@ -100,6 +104,10 @@ class DefaultGroup(click.Group):
             return super().invoke(ctx)
         except (LiptExportError, OSError) as exc:
             fail(one_line(exc))
+        except click.UsageError as exc:  # a bad option value: one line too, not click's usage block
+            command = f"lipt-export {exc.ctx.info_name}" if exc.ctx and exc.ctx.parent else "lipt-export"
+            message = exc.format_message()
+            fail(f"{message[:1].lower()}{message[1:].rstrip('.')} (see `{command} --help`)")
 
 
 @click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from lipt_export.cli.options import arch_options, parse_runtimes
+from lipt_export.cli.options import arch_options, check_output_file, parse_runtimes
 from lipt_export.fileio import write_json_atomic
 from lipt_export.validation.evaluate import format_results, run_eval
 
@@ -29,7 +29,7 @@ from lipt_export.validation.evaluate import format_results, run_eval
                    "(ESRT), else 512 (bounded memory; smaller images run whole). Eager and artifacts tile alike.")
 @click.option("--parity-extras", is_flag=True,
               help="Also compute model-specific parity figures on the dataset (SMSR: spatial-mask flips).")
-@click.option("--limit", default=None, type=int, help="Only the first N images (sorted by name).")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N images (sorted by name).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the demo weights.")
 @click.option("--runtimes", default="onnxruntime", show_default=True,
               help="Comma-separated CPU runtimes for the ONNX artifacts (onnxruntime, openvino-f32, openvino-bf16): "
@@ -38,6 +38,8 @@ from lipt_export.validation.evaluate import format_results, run_eval
 def command(model, variant, scale, weights, config_file, agileir_attention, dataset, lr_dir, artifacts, no_eager,
             tile, parity_extras, limit, seed, runtimes, json_path):
     """PSNR-Y/SSIM-Y of the eager model and of each artifact on an SR benchmark folder."""
+    if json_path:
+        check_output_file(json_path, "--json")  # before minutes of evaluation, not after
     report = run_eval(model, variant, scale, weights, dataset, lr_dir, artifacts, no_eager, tile, parity_extras,
                       limit, seed, config_file=config_file, options=arch_options(model, agileir_attention),
                       runtimes=parse_runtimes(runtimes))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from lipt_export.catalog import FAMILIES, check_choice
-from lipt_export.cli.options import arch_options, check_output_file, parse_size
+from lipt_export.catalog import DEFAULT_OPSET, FAMILIES, OPSETS, check_choice, check_opset
+from lipt_export.cli.options import arch_options, check_output_file, parse_size, write_models_table
+from lipt_export.engines.shapes import check_profile_fits, default_shapes, parse_profile
 from lipt_export.fileio import write_json_atomic
 from lipt_export.report import format_table
 
@@ -13,23 +14,13 @@ from lipt_export.report import format_table
 # only when an export runs: checking the command line must not wait for torch).
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
 DEFAULT_COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")
-DEFAULT_SHAPES, DEFAULT_BATCH, DEFAULT_WORKSPACE_GIB, DEFAULT_OPT_LEVEL = "32x32:256x256:512x512", "1:1:1", 4.0, 3
+DEFAULT_BATCH, DEFAULT_WORKSPACE_GIB, DEFAULT_OPT_LEVEL = "1:1:1", 4.0, 3
 DEFAULT_PARITY_SIZES = ((64, 64), (37, 51))
-
-
-def _models_epilog() -> str:
-    lines = ["Models (variants; scales):"]
-    for name, fam in sorted(FAMILIES.items()):
-        lines.append(f"  {name:8s} {', '.join(fam.variants)}; x{', x'.join(map(str, fam.scales))}"
-                     f"  (default variant {fam.default_variant})")
-    return "\n".join(lines)
 
 
 class _ExportCommand(click.Command):
     def format_epilog(self, ctx, formatter):
-        formatter.write("\n")
-        for line in _models_epilog().splitlines():
-            formatter.write(line + "\n")
+        write_models_table(formatter)
 
 
 @click.command("export", cls=_ExportCommand)
@@ -50,7 +41,9 @@ class _ExportCommand(click.Command):
 @click.option("--name", default=None, help="Output folder name instead of <model>-<variant>-x<scale>.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder of the same name (atomically: "
               "the old one stays until the new one is complete). Without it an existing folder is an error.")
-@click.option("--opset", default=17, show_default=True, type=int)
+@click.option("--opset", default=DEFAULT_OPSET, show_default=True, type=int,
+              help=f"ONNX opset ({OPSETS['torchscript'][0]}..{OPSETS['torchscript'][1]}; with --dynamo "
+                   f"{OPSETS['dynamo'][0]}..{OPSETS['dynamo'][1]}).")
 @click.option("--dynamo/--torchscript", default=False, show_default=True, help="ONNX exporter.")
 @click.option("--simplify", "simplifier", default="auto", show_default=True,
               type=click.Choice(["auto", "onnxsim", "onnxslim"]), help="auto = onnxsim, onnxslim fallback.")
@@ -73,9 +66,11 @@ class _ExportCommand(click.Command):
 @click.option("--compute-capabilities", default=",".join(DEFAULT_COMPUTE_CAPABILITIES), show_default=True,
               help="TensorRT-RTX targets (RTX 30xx 8.6, RTX 40xx 8.9, RTX 50xx 12.0; also 7.5, 8.0, 12.1).")
 @click.option("--shapes", default=None,
-              help=f"TensorRT profile MINxMIN:OPTxOPT:MAXxMAX (LR H x W). Default {DEFAULT_SHAPES}; AgileIR: static "
-                   "at its tile, 256x256:256x256:256x256 (TensorRT-RTX builds its dynamic range 8x slower; "
-                   "serving tiles/pads inputs to the profile).")
+              help="TensorRT profile MINxMIN:OPTxOPT:MAXxMAX (LR H x W). Default: from the model's tile policy ("
+                   + "; ".join(f"{m} {default_shapes(m)}" for m in sorted(FAMILIES)) + "): ESRT up to its "
+                   "tile (attention grows with (H*W)^2), AgileIR static at its tile (TensorRT-RTX builds its "
+                   "dynamic range 8x slower); serving tiles/pads inputs to the profile. A MAX that cannot build "
+                   "is refused at once with the largest that fits.")
 @click.option("--batch", default=DEFAULT_BATCH, show_default=True, help="TensorRT batch range MIN:OPT:MAX.")
 @click.option("--workspace", default=DEFAULT_WORKSPACE_GIB, show_default=True, type=float,
               help="TensorRT workspace (GiB).")
@@ -94,6 +89,8 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
             parity_images, seed, no_lint, json_path):
     """Export a model: reparameterize, ONNX, simplify, precision variants, engines, validate, manifest."""
     check_choice(model, variant, scale)  # seconds before torch is imported
+    check_opset(opset, dynamo)
+    check_profile_fits(model, scale, parse_profile(shapes or default_shapes(model), batch))
     if json_path:
         check_output_file(json_path, "--json")  # before minutes of work, not after
     # deferred: torch and the whole pipeline load only once the cheap checks passed
@@ -117,7 +114,9 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
 
 
 def print_summary(result) -> None:
-    from lipt_export.export.summary import ARTIFACT_HEADER, ENGINE_HEADER, engine_rows, summary_rows  # deferred: as above
+    from lipt_export.export.summary import (ARTIFACT_HEADER, ENGINE_HEADER, engine_rows,  # deferred: as above
+                                            flag_lines, summary_rows)
+    from lipt_export.runtime.trt import engine_runtime_label  # deferred: as above
     from lipt_export.validation.runtime_choice import runtime_summary  # deferred: as above
 
     man = result.manifest
@@ -133,6 +132,8 @@ def print_summary(result) -> None:
     for note in arch.get("notes", []):
         click.echo(f"  note: {note}")
     click.echo(format_table(ARTIFACT_HEADER, summary_rows(man)))
+    for line in flag_lines(man):
+        click.echo(f"  {line}")
     engines = man.select("tensorrt")
     backend = man.export.get("engines") or {}
     click.echo(f"\nengines: {backend.get('backend', '-')} ({backend.get('why', '')})")
@@ -140,9 +141,10 @@ def print_summary(result) -> None:
         click.echo(format_table(ENGINE_HEADER, engine_rows(man)))
         if any(isinstance(e.get("parity"), str) for e in engines):
             caps = ", ".join(engines[0].get("compute_capabilities") or [])
-            click.echo(f"  these engines run on GPUs of compute capability {caps} with TensorRT-RTX "
-                       f"{engines[0].get('tensorrt_version')}; check them there with `lipt-export verify "
-                       f"{result.out_dir}`")
+            click.echo(f"  these engines run on GPUs of compute capability {caps} with "
+                       f"{engine_runtime_label(engines[0])}; check them there with `lipt-export verify "
+                       f"{result.out_dir}` (Triton's TensorRT backend cannot load TensorRT-RTX plans: "
+                       f"`lipt-export triton` serves the ONNX file)")
     for e in man.select("onnx", "int8"):
         speed = e.get("speed") or {}
         if speed:

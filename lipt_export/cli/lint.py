@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence
 
 import click
 
+from lipt_export.cli.options import check_output_file
 from lipt_export.errors import UsageError
 from lipt_export.export.lint import lint_onnx
 from lipt_export.fileio import write_json_atomic
@@ -17,6 +18,8 @@ from lipt_export.fileio import write_json_atomic
 def command(models: Sequence[str], json_path: Optional[str]):
     """TensorRT-compatibility lint of ONNX models (exit 1 on any error). An export directory lints
     every .onnx file in it."""
+    if json_path:
+        check_output_file(json_path, "--json")
     paths: List[Path] = []
     for m in models:
         p = Path(m)

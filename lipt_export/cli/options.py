@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Tuple
 
 import click
 
+from lipt_export.catalog import FAMILIES
 from lipt_export.errors import UsageError
 from lipt_export.fileio import writable_dir_problem
 
@@ -51,3 +52,11 @@ def check_output_file(path: str, flag: str) -> None:
     problem = writable_dir_problem(target.parent if str(target.parent) else Path("."))
     if problem:
         raise UsageError(f"cannot write {flag} {path}: {problem}")
+
+
+def write_models_table(formatter) -> None:
+    """The model table (families, variants, scales, default variant) at the end of a command's help."""
+    formatter.write("\nModels (variants; scales):\n")
+    for name, fam in sorted(FAMILIES.items()):
+        formatter.write(f"  {name:8s} {', '.join(fam.variants)}; x{', x'.join(map(str, fam.scales))}"
+                        f"  (default variant {fam.default_variant})\n")

@@ -10,6 +10,8 @@ import click
 from tqdm import tqdm
 
 from lipt_export.errors import LiptExportError, UpscaleError
+from lipt_export.fileio import disk_full
+from lipt_export.manifest import demo_weights_warning
 from lipt_export.runtime.loader import open_artifact, runner_for
 from lipt_export.runtime.openvino import RUNTIMES
 from lipt_export.runtime.tiling import DEFAULT_TILE, TiledRunner
@@ -51,6 +53,10 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
     art = open_artifact(artifact, precision=precision, backend=backend)
     # bounded memory by default: images up to DEFAULT_TILE run whole
     tile_size, ov = art.tiling.resolve(tile, overlap, default_tile=DEFAULT_TILE)
+    if tile_size and overlap is not None and art.tiling.overlap_warning(ov):
+        warnings.append(art.tiling.overlap_warning(ov))
+    if art.manifest is not None and demo_weights_warning(art.manifest):
+        warnings.append(demo_weights_warning(art.manifest))
     if art.format == "tensorrt" and tile_size:  # tiles inside the engine's profile: no second tiling
         tile_size = min(tile_size, *art.entry.get("profile")["max"][2:])
     runtime, why = resolve_runtime(art, runtime, threads)
@@ -65,7 +71,8 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
     skipped = [dst for _, dst in pairs if skip_existing and dst.exists()]
     todo = [(src, dst) for src, dst in pairs if dst not in skipped]
     t0, failures = time.perf_counter(), []
-    for src, dst in tqdm(todo, desc="images", unit="img", file=sys.stderr, disable=quiet or len(todo) <= 1):
+    for i, (src, dst) in enumerate(tqdm(todo, desc="images", unit="img", file=sys.stderr,
+                                         disable=quiet or len(todo) <= 1)):
         try:
             upscale_file(runner, src, dst, alpha_mode=alpha_mode, progress_bar=not quiet, warn=warnings.append)
         except LiptExportError as exc:
@@ -73,6 +80,12 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
                 raise
             failures.append(str(exc))
             click.echo(f"lipt-export: error: {exc}", err=True)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            raise UpscaleError(f"disk full writing {dst} ({exc.strerror}): {i - len(failures)} of {len(todo)} "
+                               f"image(s) were finished, nothing is half-written under {dst.name}; free space and "
+                               f"rerun with --skip-existing") from None
     for w in warnings:
         click.echo(f"lipt-export: warning: {w}", err=True)
     done = len(todo) - len(failures)

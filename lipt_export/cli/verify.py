@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from lipt_export.cli.options import parse_runtimes
+from lipt_export.cli.options import check_output_file, parse_runtimes
 from lipt_export.fileio import write_json_atomic
 from lipt_export.report import format_table
 from lipt_export.validation.verify import VERIFY_HEADER, verify_export
@@ -20,6 +20,8 @@ from lipt_export.validation.verify import VERIFY_HEADER, verify_export
 def command(export_dir, require_all, threads, runtimes, json_path):
     """Verify EXPORT_DIR: every artifact's sha256, then every artifact this machine can run against the golden
     outputs stored at export (exit 1 on any failure; with --require-all also on anything skipped)."""
+    if json_path:
+        check_output_file(json_path, "--json")
     rows = verify_export(export_dir, threads=threads, runtimes=parse_runtimes(runtimes))
     click.echo(format_table(VERIFY_HEADER, [r.cells() for r in rows]))
     failed = [r for r in rows if r.status == "fail"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from lipt_export.errors import UsageError
 from lipt_export.export.onnx_export import export_onnx
@@ -39,8 +41,9 @@ from lipt_export.models.registry import available_models, get_spec
 from lipt_export.runtime.base import Runner, default_threads
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.loader import checked_artifact, onnx_runner, padded_to_min_size
+from lipt_export.runtime.memory import whole_image_problem
 from lipt_export.runtime.openvino import check_runtime, openvino_status
-from lipt_export.runtime.trt import engine_runtime_status
+from lipt_export.runtime.trt import engine_runtime, engine_runtime_status
 from lipt_export.validation.bench import interleaved_stats
 from lipt_export.validation.datasets import open_dataset
 from lipt_export.validation.evaluate import EvalTarget, evaluate
@@ -108,7 +111,7 @@ def _inputs(protocol: str, sizes: Sequence[Tuple[int, int]], scale: int, dataset
 
 def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxruntime",), protocol: str = "fixed",
                   sizes: Sequence[Tuple[int, int]] = (), dataset: Optional[str] = None, threads: Optional[int] = None,
-                  runs: int = 5, warmup: int = 1, eager: bool = True) -> Dict[str, Any]:
+                  runs: int = 5, warmup: int = 1, eager: bool = True, progress: bool = True) -> Dict[str, Any]:
     """The bench command as a function: {"rows": [...], "protocol", "inputs", "peak_gflops_fp32", "load_avg"}."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not '{protocol}'")
@@ -116,6 +119,10 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
         check_runtime(rt)
     man = read_manifest(export_dir)
     scale = man.io.scale
+    for h, w in sizes if protocol == "fixed" else ():
+        problem = whole_image_problem(man.model.name, scale, h, w)
+        if problem:
+            raise UsageError(f"--sizes {h}x{w}: {problem} (bench runs whole images); use smaller --sizes")
     inputs = _inputs(protocol, sizes, scale, dataset)
     threads = threads or default_threads()
     torch.set_num_threads(threads)
@@ -144,7 +151,7 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
         for entry in man.artifacts:
             if entry.format != "onnx":
                 ok, why = engine_runtime_status(entry)
-                rows[entry.path] = {"row": entry.path, "runtime": entry.get("runtime", "tensorrt"),
+                rows[entry.path] = {"row": entry.path, "runtime": engine_runtime(entry),
                                     "precision": entry.precision, "skipped": why if not ok else "engines: use verify"}
                 continue
             path = onnx_paths[entry.path]
@@ -155,7 +162,9 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
                 rows[name] = {"row": name, "runtime": runner.runtime, "precision": entry.precision,
                               "graph": "deploy"}
         log.info(f"timing {len(runners)} runners on {len(inputs)} input(s), {runs} interleaved rounds")
-        per_input = [interleaved_stats(runners, x, runs, warmup) for x in inputs]
+        with tqdm(total=len(inputs) * (runs + warmup), desc="bench rounds", unit="round", file=sys.stderr,
+                  disable=not progress) as bar:  # per round, with an ETA
+            per_input = [interleaved_stats(runners, x, runs, warmup, progress=bar.update) for x in inputs]
     finally:
         for p in work.iterdir():
             p.unlink()

@@ -399,11 +399,12 @@ def lint_onnx(model: str | Path | onnx.ModelProto, data_file: Optional[str | Pat
     if isinstance(model, onnx.ModelProto):
         proto = model
     else:
-        try:
-            proto = onnx.load(str(model), load_external_data=False)
-        except (DecodeError, OSError, ValueError) as exc:
-            raise ExportError(f"cannot read '{model}' as ONNX ({type(exc).__name__}); pass a .onnx model "
-                              f"file") from None
+        try:  # with its external data (the rules read constants), which must be where the file says
+            proto = onnx.load(str(model))
+        except (DecodeError, OSError, ValueError, onnx.checker.ValidationError) as exc:
+            detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise ExportError(f"cannot read '{model}' as ONNX ({type(exc).__name__}{': ' + detail if detail else ''}); "
+                              f"pass a complete .onnx model (with its external data files beside it)") from None
     report = _Linter(proto, load_support_data(str(data_file) if data_file else None), path).run()
     if use_parser and not isinstance(model, onnx.ModelProto):
         verdict = parser_findings(Path(model))

@@ -11,13 +11,13 @@ import onnx
 import torch
 import torch.nn as nn
 
+from lipt_export.catalog import DEFAULT_OPSET
 from lipt_export.errors import ExportError
 from lipt_export.export.graph import reshape_allowzero
 from lipt_export.runtime.ort import ort_session
 
 INPUT_NAME = "lr"
 OUTPUT_NAME = "sr"
-DEFAULT_OPSET = 17
 
 
 @dataclass

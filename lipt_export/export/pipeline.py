@@ -22,20 +22,23 @@ import numpy as np
 import onnx
 import torch
 
+from lipt_export.catalog import DEFAULT_OPSET, check_opset, family
 from lipt_export.engines.audit import COMPUTE_OPS
+from lipt_export.engines.shapes import check_max_shape
 from lipt_export.engines.tensorrt import EngineOptions, build_engines_for_export
 from lipt_export.errors import ExportError
 from lipt_export.export.lint import lint_onnx
-from lipt_export.export.onnx_export import DEFAULT_OPSET, export_onnx, node_count
+from lipt_export.export.onnx_export import export_onnx, node_count
 from lipt_export.export.precision.calibration.ranges import METHODS as CALIB_METHODS
 from lipt_export.export.precision.fp16 import convert_fp16
 from lipt_export.export.precision.int8 import quantize_int8, quantized_nodes
 from lipt_export.export.simplify import simplify_onnx
 from lipt_export.export.summary import render_report
-from lipt_export.fileio import (exclusive_lock, replace_dir, save_atomic, sha256_file, writable_dir_problem,
-                                write_text_atomic)
+from lipt_export.fileio import (dead_owner_temps, disk_full, exclusive_lock, replace_dir, save_atomic, sha256_file,
+                                temp_prefix, writable_dir_problem, write_text_atomic)
 from lipt_export.images import IMAGE_SUFFIXES, image_size, list_images
-from lipt_export.manifest import ArtifactEntry, Manifest, ModelInfo, embed_onnx_metadata, write_manifest
+from lipt_export.manifest import (REPORT_NAME, ArtifactEntry, Manifest, ModelInfo, embed_onnx_metadata,
+                                  replaceable_problem, write_manifest)
 from lipt_export.models.checkpoint import check_checkpoint_file
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.loading import PreparedModel, prepare_model
@@ -47,7 +50,8 @@ from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.runtime.trt import tensorrt_rtx_status, tensorrt_status
 from lipt_export.validation.extras import parity_extras_for
 from lipt_export.validation.inputs import natural_inputs
-from lipt_export.validation.parity import FP32_REL_L2_LIMIT, Parity, compare, fp32_parity_ok, rel_l2
+from lipt_export.validation.parity import (FP32_REL_L2_LIMIT, Parity, compare, fp32_parity_ok, precision_flag,
+                                          rel_l2)
 from lipt_export.validation.runtime_choice import int8_recommendation, measure_export_choices
 
 logger = logging.getLogger(__name__)
@@ -105,6 +109,12 @@ class ExportConfig:
         if len(self.parity_sizes) < 2:
             raise ExportError("parity needs at least two --parity-size values (one not a multiple of the window), "
                               "e.g. --parity-size 64x64 --parity-size 37x51")
+        check_opset(self.opset, self.dynamo)
+        least = family(self.model).min_size
+        small = [f"{h}x{w}" for h, w in self.parity_sizes if min(h, w) < least]
+        if small:
+            raise ExportError(f"--parity-size {', '.join(small)} is below {self.model.lower()}'s smallest input "
+                              f"{least}x{least}; use sizes of at least that, e.g. 64x64 and 37x51")
         if self.int8 and not self.calib:
             raise ExportError("INT8 needs representative images: pass --calib DIR (a folder of natural photos)")
         if self.calib_method not in CALIB_METHODS:
@@ -115,6 +125,7 @@ class ExportConfig:
         if self.name is not None and (not self.name or self.name in (".", "..") or self.name.startswith(".")
                                       or "/" in self.name or "\\" in self.name):
             raise ExportError(f"--name '{self.name}' must be a plain folder name (no '/', not starting with '.')")
+        self.engine.check_fits(self.model, self.scale)  # a --shapes that cannot build, in milliseconds
         problem = writable_dir_problem(Path(self.out))
         if problem:
             raise ExportError(f"cannot write exports to --out {self.out}: {problem}; pass a writable folder")
@@ -287,7 +298,12 @@ def parity_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry], prepared: Prep
     for par in results[1:]:
         if not par.finite:
             raise ExportError(f"{par.artifact} produces inf/NaN on natural inputs; no artifact written")
-    out = [e.with_details(parity=par.as_dict()) for e, par in zip(entries, results)]
+    out = []
+    for e, par in zip(entries, results):
+        flag = precision_flag(par)
+        if flag:
+            logger.warning(f"{e.path} is flagged: {flag}")
+        out.append(e.with_details(parity=par.as_dict(), **({"flag": flag} if flag else {})))
     if vs_train is not None:
         out[0] = out[0].with_details(parity_vs_train_graph=vs_train.as_dict())
     return out, results, reference
@@ -329,18 +345,32 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     name = cfg.name or f"{spec.name}-{arch.variant}-x{cfg.scale}"
     final_dir = out_root / name
     check_target(final_dir, cfg.overwrite)
+    made_root = not out_root.exists()
     out_root.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out_root / f".{name}.lock", _busy):
-        check_target(final_dir, cfg.overwrite)  # another export may have finished while we built the model
-        return _export_into(cfg, spec, prepared, reparam_err, stage, final_dir, engine_backend, backend_why)
+    try:
+        with exclusive_lock(out_root / f".{name}.lock", _busy):
+            check_target(final_dir, cfg.overwrite)  # another export may have finished while we built the model
+            return _export_into(cfg, spec, prepared, reparam_err, stage, final_dir, engine_backend, backend_why)
+    except BaseException:
+        if made_root and not any(out_root.iterdir()):
+            out_root.rmdir()  # a failed export leaves no empty --out folder behind
+        raise
 
 
 def check_target(final_dir: Path, overwrite: bool) -> None:
-    if final_dir.exists() and not overwrite:
+    """``final_dir`` is free, or (``overwrite``) an export of this tool holding nothing else: only that is
+    ever replaced."""
+    if not final_dir.exists() and not final_dir.is_symlink():
+        return
+    if not overwrite:
         raise ExportError(f"{final_dir} already exists; pass --overwrite to replace it (the old export stays until "
                           f"the new one is complete) or choose another --name/--out")
-    if final_dir.exists() and not final_dir.is_dir():
+    if final_dir.is_symlink() or not final_dir.is_dir():
         raise ExportError(f"{final_dir} exists and is not a folder; remove it or choose another --name/--out")
+    problem = replaceable_problem(final_dir)
+    if problem:
+        raise ExportError(f"--overwrite replaces only an export of this tool, and {final_dir} is not one: {problem}; "
+                          f"move your files out or choose another --name/--out")
 
 
 def _busy(lock: Path, pid: int) -> ExportError:
@@ -352,13 +382,19 @@ def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, re
                  stage: Stages, final_dir: Path, engine_backend: str, backend_why: str) -> ExportResult:
     """Every stage after the model, into a temp folder that replaces ``final_dir`` when complete."""
     arch, name, out_root = prepared.arch, final_dir.name, final_dir.parent
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=str(out_root)))
+    for stale in dead_owner_temps(out_root, f".{name}.tmp-"):  # a killed export's (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
+        logger.info(f"removed {stale.name}, the temp folder of an export that was killed")
+    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{name}.tmp-"), dir=str(out_root)))
     try:
         wrapped = UnitRangeIO(prepared.deploy, spec.rgb_range).eval()
         with stage("onnx"):
             raw, exporter = onnx_stage(wrapped, tmp_dir, cfg, arch.size_multiple)
         with stage("simplify"):
             fp32_path, simplifier = simplify_stage(raw, tmp_dir, cfg.simplify)
+        max_shape = None
+        if engine_backend != "onnxruntime":  # a profile this graph cannot hold fails now, not after parity
+            max_shape = check_max_shape(fp32_path, cfg.engine.profile())
         model_info = ModelInfo(spec.name, arch.variant, cfg.scale, {
             "description": spec.description, "params_deploy": sum(p.numel() for p in prepared.deploy.parameters()),
             "native_rgb_range": spec.rgb_range, "weights": prepared.weights, "architecture": arch.to_dict(),
@@ -388,17 +424,23 @@ def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, re
         if engine_backend != "onnxruntime":
             with stage("engine"):
                 engines = build_engines_for_export(tmp_dir, entries, manifest, cfg.engine, parity_inputs, reference,
-                                                   flavor=engine_backend,
+                                                   flavor=engine_backend, max_shape=max_shape,
                                                    claims=lambda e: precision_claims(tmp_dir, e))
         manifest = replace(manifest.with_artifacts([*entries, *engines]), golden=golden,
                            runtime_choice=runtime_choice).with_export(
             engines={"backend": engine_backend, "why": backend_why},
             timings_s={k: round(v, 3) for k, v in stage.timings.items()})
         write_manifest(tmp_dir, manifest)
-        write_text_atomic(tmp_dir / "report.md", render_report(manifest))
+        write_text_atomic(tmp_dir / REPORT_NAME, render_report(manifest))
+        check_target(final_dir, cfg.overwrite)  # files dropped into the old export meanwhile are not lost either
         replace_dir(tmp_dir, final_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if disk_full(exc):
+            done = ", ".join(stage.timings) or "none"
+            raise ExportError(f"disk full while writing {exc.filename or tmp_dir} ({exc.strerror}); stages finished: "
+                              f"{done}; nothing was written to {final_dir} (the temp folder is removed): free space "
+                              f"under {out_root} and export again") from None
         raise
     return ExportResult(out_dir=final_dir, manifest=replace(manifest, root=final_dir), timings=stage.timings,
                         parity=results)

@@ -7,6 +7,7 @@ from typing import Any, List
 from lipt_export.export.precision.int8 import report_lines
 from lipt_export.manifest import Manifest
 from lipt_export.report import format_table
+from lipt_export.runtime.trt import engine_runtime_label
 
 ARTIFACT_HEADER = ("artifact", "precision", "nodes", "size", "rel-L2", "PSNR dB", "lint")
 ENGINE_HEADER = ("engine", "runtime", "targets", "build s", "compute layers", "fp32 / fp16 / int8", "parity")
@@ -28,6 +29,11 @@ def summary_rows(manifest: Manifest) -> List[List[str]]:
     return rows
 
 
+def flag_lines(manifest: Manifest) -> List[str]:
+    """One line per flagged artifact (shipped, but far from the eager model)."""
+    return [f"FLAGGED {a.path}: {a.get('flag')}" for a in manifest.artifacts if a.get("flag")]
+
+
 def engine_rows(manifest: Manifest) -> List[List[str]]:
     rows = []
     for e in manifest.select("tensorrt"):
@@ -35,7 +41,7 @@ def engine_rows(manifest: Manifest) -> List[List[str]]:
         sh = audit.get("shares") or {}
         par = e.get("parity")
         parity = par.split(":", 1)[0] if isinstance(par, str) else f"{par.get('psnr_db', 0):.1f} dB"
-        rows.append([e.path, f"{e.get('runtime')} {e.get('tensorrt_version')}",
+        rows.append([e.path, engine_runtime_label(e),
                      ",".join(e.get("compute_capabilities") or []), f"{e.get('build_s', 0):.1f}",
                      str(audit.get("compute_layers", "-")),
                      " / ".join(f"{100 * sh.get(k, 0):.0f}%" for k in ("fp32", "fp16", "int8")), parity])
@@ -56,6 +62,7 @@ def render_report(manifest: Manifest) -> str:
         lines += [f"Reparameterization (train vs deploy graph, float64): rel-L2 {m['reparam_rel_l2_fp64']:.2e}", ""]
     lines += ["## Artifacts (parity vs eager deploy graph, worst case over inputs)", "",
               format_table(ARTIFACT_HEADER, summary_rows(manifest), markdown=True), ""]
+    lines += [f"**{line}**" for line in flag_lines(manifest)] + ([""] if flag_lines(manifest) else [])
     if manifest.select("tensorrt"):
         lines += ["## Engines (precision audit: compute layers by precision)", "",
                   format_table(ENGINE_HEADER, engine_rows(manifest), markdown=True), ""]

@@ -17,6 +17,7 @@ import numpy as np
 
 from lipt_export.errors import ArtifactError
 from lipt_export.runtime.base import Runner, default_threads
+from lipt_export.runtime.ort import runtime_message
 
 # --runtime values: the runtime, and for OpenVINO the inference precision, chosen explicitly
 RUNTIMES = ("onnxruntime", "openvino-f32", "openvino-bf16")
@@ -50,10 +51,14 @@ class OpenVinoRunner(Runner):
             raise ArtifactError(f"OpenVINO inference precision must be f32 or bf16, not '{inference_precision}'")
         self.path = Path(path)
         core = ov.Core()
-        model = core.read_model(str(self.path))
         config = {"INFERENCE_PRECISION_HINT": inference_precision, "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": int(threads or default_threads())}
-        self.compiled = core.compile_model(model, "CPU", config)
+        try:
+            model = core.read_model(str(self.path))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:  # OpenVINO's exceptions for files it cannot read or compile
+            raise ArtifactError(f"OpenVINO cannot load {self.path}: {runtime_message(exc)}; re-export it or use "
+                                f"--runtime onnxruntime") from None
         self.request = self.compiled.create_infer_request()
         # what OpenVINO compiled for: a CPU without bf16 support runs f32 whatever was asked
         self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()

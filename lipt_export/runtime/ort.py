@@ -6,11 +6,13 @@ are set in one place.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 
+from lipt_export.errors import ArtifactError
 from lipt_export.runtime.base import Runner, default_threads
 from lipt_export.runtime.trt import tensorrt_status
 
@@ -58,7 +60,28 @@ def ort_session(model: ModelSource, *, threads: Optional[int] = None, providers:
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
+    try:
+        return ort.InferenceSession(src, sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as exc:  # onnxruntime's Fail/InvalidGraph/NoSuchFile...: the file, not our code, is at fault
+        where = "the model" if isinstance(model, bytes) else str(model)
+        why = runtime_message(exc)
+        hint = " (with its external data files beside it)" if "external" in why.lower() else ""
+        raise ArtifactError(f"ONNX Runtime cannot load {where}: {why}; re-export it{hint}") from None
+
+
+def runtime_message(exc: BaseException, limit: int = 220) -> str:
+    """The informative part of a runtime's exception text, on one line (ONNX Runtime prefixes source paths)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.split("failed:", 1)[-1].strip() if "failed:" in text else text
+    source = re.search(r"\S+\.(?:cc|cpp|h):\d+ ", text)  # "/src/model.cc:256 ns::Model::Model(args...) message"
+    if source:
+        rest, depth = text[source.end():], 0
+        for i, ch in enumerate(rest):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if ch == ")" and depth == 0:
+                text = rest[i + 1:].strip() or text
+                break
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 class OnnxRuntimeRunner(Runner):

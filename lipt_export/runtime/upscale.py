@@ -27,17 +27,22 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from lipt_export.errors import UpscaleError
-from lipt_export.fileio import save_atomic, writable_dir_problem
-from lipt_export.images import CodedRGB, PngWriter, list_images, load_image
+from lipt_export.fileio import dead_owner_temps, save_atomic, writable_dir_problem
+from lipt_export._version import __version__
+from lipt_export.images import (EXIF_SOFTWARE, SOFTWARE_MARK, CodedRGB, PngWriter, list_images, load_image,
+                                 written_by_upscale)
 from lipt_export.runtime.spill import infer_rows_spilled
 
-INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what PIL reads and writes here
-OUTPUT_SUFFIXES = INPUT_SUFFIXES + (".npy",)
+WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what PIL reads and writes here
+INPUT_SUFFIXES = WRITABLE_SUFFIXES + (".gif",)  # a GIF's first frame is upscaled, written as PNG by default
+OUTPUT_SUFFIXES = WRITABLE_SUFFIXES + (".npy",)
+UNMARKED_SUFFIXES = (".bmp", ".npy")  # outputs that cannot carry images.SOFTWARE_MARK
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
                ".tiff": "TIFF"}
 ALPHA_FORMATS = {".png", ".webp", ".tif", ".tiff", ".npy"}
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what PIL uses for RGB -> L
 ROW_BLOCK = 256
+MARK = f"{SOFTWARE_MARK} {__version__}"
 
 
 def _to_uint(out: np.ndarray, bits: int, gray: bool) -> np.ndarray:
@@ -85,6 +90,8 @@ def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", p
     from tqdm import tqdm
 
     img = load_image(src)
+    for note in img.notes if warn else ():
+        warn(note)
     _, h, w = img.rgb.shape
     suffix = dst.suffix.lower()
     keep_alpha = img.alpha is not None and suffix in ALPHA_FORMATS
@@ -123,7 +130,7 @@ def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", p
             channels = (1 if img.gray else 3) + (1 if alpha is not None else 0)
 
             def write_png(tmp: str) -> None:
-                writer = PngWriter(tmp, s * w, s * h, channels, bits, icc=img.icc)
+                writer = PngWriter(tmp, s * w, s * h, channels, bits, icc=img.icc, text={"Software": MARK})
 
                 def sink(r0: int, block: np.ndarray) -> None:
                     rows = _to_uint(block, bits, img.gray)
@@ -148,6 +155,10 @@ def upscale_file(runner, src: Path, dst: Path, *, alpha_mode: str = "bicubic", p
     im = Image.fromarray(pixels)
     params = {"icc_profile": img.icc} if img.icc else {}
     fmt = PIL_FORMATS[suffix]
+    if fmt != "BMP":
+        exif = Image.Exif()
+        exif[EXIF_SOFTWARE] = MARK
+        params["exif"] = exif
     if fmt in ("JPEG", "WEBP"):
         params["quality"] = 95
     save_atomic(dst, lambda tmp: im.save(tmp, format=fmt, **params))
@@ -164,13 +175,30 @@ def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]
     if fmt and f".{fmt.lower()}" not in OUTPUT_SUFFIXES:
         raise UpscaleError(f"unknown --format '{fmt}'; choose one of {', '.join(s[1:] for s in OUTPUT_SUFFIXES)}")
     notes: List[str] = []
+
+    def out_suffix(src: Path) -> str:
+        if fmt:
+            return f".{fmt.lower()}"
+        return src.suffix if src.suffix.lower() in OUTPUT_SUFFIXES else ".png"  # GIF in, PNG out
+
     if input_path.is_dir():
         if output_path.is_file() or output_path.suffix.lower() in OUTPUT_SUFFIXES:
             raise UpscaleError(f"INPUT {input_path} is a folder, so OUTPUT must be a folder too, not {output_path}")
         sources = [p for p in list_images(input_path) if p.suffix.lower() in INPUT_SUFFIXES]
+        ours = [p for p in sources if written_by_upscale(p)]  # an earlier run's outputs: never fed back in
+        if ours:
+            sources = [p for p in sources if p not in ours]
+            notes.append(f"skipped {len(ours)} image(s) in {input_path} written by an earlier `lipt-export upscale` "
+                         f"({', '.join(p.name for p in ours[:3])}{', ...' if len(ours) > 3 else ''})")
         if not sources:
-            raise UpscaleError(f"no images in {input_path} (looked for {', '.join(INPUT_SUFFIXES)})")
-        pairs = [(p, output_path / (p.stem + (f".{fmt.lower()}" if fmt else p.suffix))) for p in sources]
+            raise UpscaleError(f"no images to upscale in {input_path} (looked for {', '.join(INPUT_SUFFIXES)}"
+                               + (", leaving out earlier outputs of upscale)" if ours else ")"))
+        pairs = [(p, output_path / (p.stem + out_suffix(p))) for p in sources]
+        same = output_path.exists() and output_path.resolve() == input_path.resolve()
+        unmarked = sorted({d.suffix.lower() for _, d in pairs if d.suffix.lower() in UNMARKED_SUFFIXES})
+        if same and unmarked:
+            raise UpscaleError(f"{unmarked[0][1:].upper()} outputs carry no mark of this tool, so a later run over "
+                               f"{input_path} would upscale them again: write them to another folder")
         by_dst: Dict[Path, List[Path]] = {}
         for src, dst in pairs:
             by_dst.setdefault(dst, []).append(src)
@@ -184,7 +212,7 @@ def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]
                              f"{', '.join(renamed[p].name for p in srcs)}")
     else:
         if output_path.is_dir():  # a file into an existing folder keeps its name
-            output_path = output_path / (input_path.stem + (f".{fmt.lower()}" if fmt else input_path.suffix))
+            output_path = output_path / (input_path.stem + out_suffix(input_path))
         if output_path.suffix.lower() not in OUTPUT_SUFFIXES:
             raise UpscaleError(f"cannot write '{output_path.name}': use one of {', '.join(OUTPUT_SUFFIXES)} (or an "
                                f"existing folder)")
@@ -199,11 +227,11 @@ def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]
 
 
 def remove_stale_temps(destinations: List[Path]) -> int:
-    """Temp files a killed run left next to these outputs (``.NAME.*.tmp``, see fileio.save_atomic)."""
+    """Temp files a killed run left next to these outputs (``.NAME.<pid>-*.tmp``, see fileio.save_atomic); a
+    live run's temps (another upscale into the same folder) are left alone."""
     removed = 0
     for dst in destinations:
-        if dst.parent.is_dir():
-            for tmp in dst.parent.glob(f".{dst.name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-                removed += 1
+        for tmp in dead_owner_temps(dst.parent, f".{dst.name}.", ".tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
     return removed

@@ -4,7 +4,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from lipt_export.runtime.loader import checked_artifact, open_export
 
@@ -30,14 +30,16 @@ def interleaved_ms(runners, x, runs: int, warmup: int = 2) -> Tuple[Dict[str, fl
 PAUSE_S = 0.1
 
 
-def interleaved_stats(runners, x, runs: int, warmup: int = 2, pause_s: float = PAUSE_S
-                      ) -> Dict[str, Dict[str, float]]:
+def interleaved_stats(runners, x, runs: int, warmup: int = 2, pause_s: float = PAUSE_S,
+                      progress: Optional[Callable[[int], None]] = None) -> Dict[str, Dict[str, float]]:
     """{name: {median_ms, min_ms, p90_ms}}. The runners take turns within every round, so drift or load from
     other processes on a shared machine hits all of them alike; ``pause_s`` before each timed run lets the
-    previous runner's spinning threads park."""
+    previous runner's spinning threads park. ``progress(1)`` after every round (warm-up rounds included)."""
     for _ in range(warmup):
         for r in runners:
             r.infer(x)
+        if progress:
+            progress(1)
     times: Dict[str, List[float]] = {r.name: [] for r in runners}
     for _ in range(runs):
         for r in runners:
@@ -46,6 +48,8 @@ def interleaved_stats(runners, x, runs: int, warmup: int = 2, pause_s: float = P
             t0 = time.perf_counter()
             r.infer(x)
             times[r.name].append((time.perf_counter() - t0) * 1e3)
+        if progress:
+            progress(1)
     out = {}
     for name, t in times.items():
         t.sort()

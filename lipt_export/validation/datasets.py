@@ -111,6 +111,8 @@ def open_dataset(root: str | Path, scale: int, lr_dir: str | Path | None = None,
     hr_paths = list_images(hr_dir)
     if not hr_paths:
         raise DatasetError(f"no images in {hr_dir} (looked for {', '.join(IMAGE_SUFFIXES)}); {LAYOUT_HINT}")
+    if limit is not None and limit < 1:
+        raise DatasetError(f"--limit must be at least 1 (the number of images to evaluate), got {limit}")
     if limit:
         hr_paths = hr_paths[:limit]
     lr_folder = Path(lr_dir) if lr_dir else root / "LR_bicubic" / f"X{scale}"

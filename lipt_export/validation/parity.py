@@ -11,7 +11,7 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -24,6 +24,20 @@ FP32_REL_L2_LIMIT = 1e-4
 # already this close to the eager model.
 PSNR_SLACK_DB = 1.0
 PSNR_EXCELLENT_DB = 60.0
+
+
+# A floating-point reduced-precision file (fp16) this far from the eager model still ships (it passed the gates
+# that define it), but flagged in the summary, report.md and the manifest: something in it lost precision badly.
+FLAG_REL_L2 = 1e-2
+
+
+def precision_flag(par: "Parity") -> Optional[str]:
+    """Why a reduced-precision float artifact is flagged (its rel-L2 against the eager model above FLAG_REL_L2),
+    or None. INT8 is judged by its PSNR-Y budget instead."""
+    if par.precision in ("fp32", "int8") or par.rel_l2 <= FLAG_REL_L2:
+        return None
+    return (f"rel-L2 {par.rel_l2:.1e} against the eager model (> {FLAG_REL_L2:.0e}, PSNR {par.psnr_db:.1f} dB): look at "
+            f"its outputs before shipping it; a float island list or the fp32 file may be needed")
 
 
 def fp32_parity_ok(rel: float, finite: bool = True) -> bool:
