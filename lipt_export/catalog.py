@@ -1,13 +1,19 @@
-"""What can be exported, as plain data: family -> variants, scales, default variant, and the facts that decide
-serving defaults before any model is built (minimum input, tile policy, engine profile, how large the graph's
-tensors grow). It lets the command line check --model/--variant/--scale/--shapes (and print its help) without
-importing torch and the model code; each model module registers its ModelSpec from these rows, so the registry
-(lipt_export.models.registry) and this table cannot disagree."""
+"""The one table of names and defaults, as plain data (the idea of Ultralytics' export-format table):
+
+* the model families: variants, scales, default variant, and the facts that decide serving defaults before any
+  model is built (minimum input, tile policy, engine profile, how large the graph's tensors grow); each model
+  module registers its ModelSpec from its row, so the registry cannot disagree with this table;
+* precisions, export backends (what builds engines) and serving backends and CPU runtimes (what runs a file);
+* the file names of artifacts per format and precision, image and video suffixes;
+* the defaults the command line shows (opset, calibration, PSNR budgets, engine options, parity sizes).
+
+The command line checks its options against this table (and prints its help) without importing torch."""
 from __future__ import annotations
 
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from lipt_export.errors import ModelError, UsageError
+from lipt_export.tiling import RECOMMENDED_TILE
 
 
 def _esrt_scores(batch: int, h: int, w: int) -> int:
@@ -23,7 +29,7 @@ class Family(NamedTuple):
     # smallest LR side the graph takes (reflect padding to the window needs pad < size)
     min_size: int = 1
     # LR tile for tiled serving; tile_required: whole-image inference is impractical (quadratic attention)
-    recommended_tile: int = 256
+    recommended_tile: int = RECOMMENDED_TILE
     tile_required: bool = False
     # engines default to one static profile at the tile (TensorRT-RTX builds the dynamic graph far slower)
     static_engine_profile: bool = False
@@ -43,15 +49,49 @@ class Family(NamedTuple):
 
 
 FAMILIES: Dict[str, Family] = {
-    "agileir": Family(("v2", "medium", "normal", "light"), (2, 3, 4), "normal", min_size=9, recommended_tile=256,
+    "agileir": Family(("v2", "medium", "normal", "light"), (2, 3, 4), "normal", min_size=9,
                       static_engine_profile=True),  # TensorRT-RTX, normal x4, cc 8.9: LR 32..128 341 s, static 40 s
     "esrt": Family(("base",), (2, 3, 4), "base", min_size=2, recommended_tile=64, tile_required=True,
                    quadratic_tensor=_esrt_scores),
     # min 9: pad <= window - 1 and, below one window, pad = window - size < size iff size > window / 2
-    "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small", min_size=9, recommended_tile=256),
-    "smsr": Family(("base",), (2, 3, 4), "base", min_size=1, recommended_tile=256),
+    "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small", min_size=9),
+    "smsr": Family(("base",), (2, 3, 4), "base", min_size=1),
 }
 
+
+# -- artifacts, backends, runtimes ----------------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "fp16", "int8")
+FORMATS = ("onnx", "tensorrt")
+# what builds engines at export (auto: datacenter TensorRT with a GPU, else TensorRT-RTX, else ONNX only)
+EXPORT_BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
+# what a consumer runs: auto (an engine this machine can run, else the ONNX file), the ONNX file, an engine
+SERVING_BACKENDS = ("auto", "onnxruntime", "tensorrt")
+# CPU executions of an ONNX file (OpenVINO always at an explicit inference precision)
+CPU_RUNTIMES = ("onnxruntime", "openvino-f32", "openvino-bf16")
+# images Pillow reads here (a GIF's first frame) and writes; `upscale` also writes raw float .npy
+IMAGE_WRITE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = IMAGE_WRITE_SUFFIXES + (".gif",)
+UPSCALE_OUTPUT_SUFFIXES = IMAGE_WRITE_SUFFIXES + (".npy",)
+
+
+def artifact_name(fmt: str, precision: str) -> str:
+    """``model.onnx`` (fp32), ``model.<precision>.onnx``, ``model.<precision>.engine``."""
+    if fmt == "onnx":
+        return "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+    return f"model.{precision}.engine"
+
+
+# -- defaults the command line shows (the library's dataclasses use these same constants) --------------------
+
+DEFAULT_SCALE = 4
+DEFAULT_PARITY_SIZES = ((64, 64), (37, 51))  # the second is not a multiple of any window
+CALIB_COUNT, CALIB_SIZE, CALIB_METHOD = 32, 64, "minmax"
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+MAX_PSNR_DROP_DB = 0.10  # INT8: PSNR-Y drop vs FP32 on held-out images before nodes fall back to float
+FLOAT_RUNTIME_BUDGET_DB = 0.01  # |delta PSNR-Y| allowed when a CPU runtime changes an fp32/fp16 file's arithmetic
+COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")  # TensorRT-RTX targets: RTX 30xx, 40xx/L4/L40, 50xx
+ENGINE_BATCH, ENGINE_WORKSPACE_GIB, ENGINE_OPT_LEVEL = "1:1:1", 4.0, 3
 
 # ONNX opsets each exporter can write for these graphs (TorchScript: torch's ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET;
 # 13 is the first with per-channel Q/DQ; the torch.export-based exporter starts at 18), and the default.

@@ -127,6 +127,27 @@ def foreign_files(folder: Path, ours: Callable[[str], bool]) -> List[str]:
     return found
 
 
+@contextmanager
+def staged_dir(final: Path, before_swap: Callable[[], None] = lambda: None,
+               on_stale: Callable[[Path], None] = lambda p: None) -> Iterator[Path]:
+    """A private temp folder ``.NAME.tmp-<pid>-*`` beside ``final`` to write into; when the block completes,
+    ``before_swap()`` runs (a last check) and the folder replaces ``final`` atomically (:func:`replace_dir`); when
+    it fails, the folder is removed and ``final`` is untouched. A killed run's temp folder of the same name (its
+    owner dead) is removed first, reported to ``on_stale``. Used by export and by the Triton repository writer."""
+    final = Path(final)
+    for stale in dead_owner_temps(final.parent, f".{final.name}.tmp-"):
+        shutil.rmtree(stale, ignore_errors=True)
+        on_stale(stale)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{final.name}.tmp-"), dir=str(final.parent)))
+    try:
+        yield tmp
+        before_swap()
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -17,9 +17,9 @@ from typing import List, Optional
 
 import numpy as np
 
+from lipt_export.catalog import IMAGE_SUFFIXES
 from lipt_export.errors import ImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 SUPPORTED = "PNG, JPEG, WebP, BMP, TIFF, GIF"
 # What `upscale` writes into every output it makes (PNG tEXt / EXIF "Software"), so that a later run over the
 # same folder recognises its own outputs instead of upscaling them again.
@@ -154,6 +154,19 @@ def read_rgb(path: str | Path) -> np.ndarray:
     if rgb.maxval == 255 and rgb.codes.ndim == 3:
         return np.ascontiguousarray(rgb.codes[..., :3])  # the codes themselves: what the rounding below gives
     return np.clip(np.round(rgb.transpose(1, 2, 0) * np.float32(255.0)), 0, 255).astype(np.uint8)
+
+
+def check_image_folder(folder: Optional[str | Path], flag: str) -> List[Path]:
+    """The images of a folder an option names (``--calib``, ``--parity-images``), each readable: checked before
+    any model work, one line naming the folder or the file and the fix."""
+    if folder is None or not Path(folder).is_dir():
+        raise ImageError(f"{flag} {folder} is not a folder; pass a folder of images")
+    found = list_images(folder)
+    if not found:
+        raise ImageError(f"{flag} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some")
+    for image in found:
+        image_size(image)  # unreadable or truncated: one line naming it
+    return found
 
 
 def image_size(path: str | Path):

@@ -33,3 +33,18 @@ class SharedData:
 @pytest.fixture(scope="session")
 def shared() -> SharedData:
     return SharedData(shared_dir())
+
+
+TINY_ARGS = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--backend", "onnxruntime", "--no-lint"]
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """One LIPT-tiny x2 export (demo weights, ONNX only) for the whole session, made by the real command. Tests
+    read it; a test that edits an export copies it first."""
+    from helpers.cli import run_cli
+
+    out = tmp_path_factory.mktemp("tiny-export")
+    res = run_cli(*TINY_ARGS, "--out", out)
+    assert res.exit_code == 0, res.output
+    return out / "lipt-tiny-x2"

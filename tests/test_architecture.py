@@ -24,7 +24,7 @@ PKG = ROOT / "lipt_export"
 # Lower number = lower layer; a module may import its own layer and anything below it.
 LAYERS = {
     "lipt_export._version": 0, "lipt_export.errors": 0, "lipt_export.fileio": 0, "lipt_export.images": 0,
-    "lipt_export.catalog": 0,
+    "lipt_export.catalog": 0, "lipt_export.tiling": 0,
     "lipt_export.models": 1,
     "lipt_export.manifest": 2, "lipt_export.report": 2,
     "lipt_export.runtime": 3,

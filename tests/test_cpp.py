@@ -21,7 +21,7 @@ from lipt_export.cli import main
 from lipt_export.errors import ManifestError, TilingError
 from lipt_export.manifest import read_manifest
 from lipt_export.runtime.openvino import OpenVinoRunner
-from lipt_export.runtime.tiling import TilingPolicy, axis_arcs, axis_weights
+from lipt_export.tiling import TilingPolicy, axis_arcs, axis_weights
 from lipt_export.validation.inputs import synthetic_image
 
 BUILD = REPO / "cpp" / "build"
@@ -148,7 +148,7 @@ def test_tiling_plan_equals_python(cpp_bin, length, tile, overlap, align, scale)
 def test_check_exposes_the_contract_as_python_reads_it(cpp_bin, lipt):
     res = _cpp(cpp_bin, lipt, "--check", "--runtime-precision", "bf16")
     assert res.returncode == 0, res.stderr
-    policy = TilingPolicy.from_io(read_manifest(lipt).io)
+    policy = read_manifest(lipt).io.tiling
     assert f"recommended tile {policy.recommended_tile}, overlap {policy.overlap}, optional" in res.stdout
     assert "min size 9" in res.stdout and "multiple_of 8" in res.stdout
     # the precision OpenVINO compiled for, read back the same way (bf16 on AMX CPUs, "f32(asked bf16)" elsewhere)

@@ -294,3 +294,38 @@ def test_triton_never_writes_a_tensorrt_rtx_plan_as_a_tensorrt_model(lipt_precis
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
     assert f"is a TensorRT-RTX {version} plan" in res.stderr and "cannot load it" in res.stderr
     assert sorted(p.name for p in repo.iterdir()) == before
+
+
+def test_typed_details_round_trip_the_v1_json(lipt_precisions, tmp_path):
+    """Consumers read artifact details through typed records (lipt_export.manifest.details); reading and writing
+    them leaves the v1 JSON unchanged, and a malformed block fails when the manifest is read."""
+    import shutil
+
+    from lipt_export.errors import ManifestError
+    from lipt_export.manifest import read_manifest
+
+    d, _ = lipt_precisions
+    raw = _manifest(d)
+    man = read_manifest(d)
+    assert man.to_dict() == raw
+    by = {(a["format"], a["precision"]): a for a in raw["artifacts"]}
+    fp16, int8 = man.select("onnx", "fp16")[0], man.select("onnx", "int8")[0]
+    islands = by["onnx", "fp16"]["fp16_islands"]
+    assert [(i.node, i.op) for i in fp16.fp16.islands] == [(i["node"], i["op"]) for i in islands]
+    assert int8.int8.max_psnr_drop_db == by["onnx", "int8"]["int8"]["max_psnr_drop_db"]
+    assert int8.int8_speed.recommended == by["onnx", "int8"]["recommended"]
+    assert fp16.parity.as_dict() == by["onnx", "fp16"]["parity"] and fp16.lint.status == "clean"
+    engine = man.select("tensorrt", "fp16")[0].engine
+    raw_engine = by["tensorrt", "fp16"]
+    assert (engine.runtime, engine.version, list(engine.compute_capabilities)) == \
+        (raw_engine["runtime"], raw_engine["tensorrt_version"], raw_engine["compute_capabilities"])
+    assert engine.profile.as_dict() == raw_engine["profile"] and engine.label.startswith("TensorRT-RTX 1.")
+    assert not engine.datacenter and engine.audit.shares == raw_engine["precision_audit"]["shares"]
+    assert {k: v.to_dict() for k, v in man.runtime_choice.items()} == raw["runtime_choice"]
+    bad = tmp_path / "bad"
+    shutil.copytree(d, bad)
+    edited = _manifest(bad)
+    next(a for a in edited["artifacts"] if a["format"] == "tensorrt")["profile"].pop("max")
+    (bad / "manifest.json").write_text(json.dumps(edited))
+    with pytest.raises(ManifestError, match="'profile' needs min/opt/max"):
+        read_manifest(bad)

@@ -203,7 +203,7 @@ def _manual_tiled_reference(model, lr, scale, plan, max_tile):
 
 
 def test_runtime_tiles_by_default_and_matches_manual_tiling(cli_export):
-    from lipt_export.runtime.loader import load_runner
+    from lipt_export import load_runner
     from lipt_export.runtime.tiling import TiledRunner
 
     runner = load_runner(cli_export, backend="onnxruntime", threads=2)

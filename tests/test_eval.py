@@ -14,7 +14,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers.cli import assert_one_line_error
 from lipt_export import manifest as mf
+from lipt_export.tiling import TilingPolicy
 from lipt_export.cli import main
 from lipt_export.validation.evaluate import evaluate
 from lipt_export.export.onnx_export import export_onnx
@@ -71,7 +73,7 @@ def demo(tmp_path_factory):
     onnx_path.parent.mkdir()
     export_onnx(UnitRangeIO(deploy, spec.rgb_range), onnx_path, sample_hw=(32, 32))
     man = mf.Manifest.new(model=mf.ModelInfo("smsr", variant, 2),
-                          io=mf.IOContract(2, multiple_of=2, min_size=1, recommended_tile=256, tile_required=False),
+                          io=mf.IOContract(2, TilingPolicy.for_model(2, 256, False)),
                           export={"opset": 17})
     mf.embed_onnx_metadata(onnx_path, man)
     return deploy, ckpt, onnx_path
@@ -120,13 +122,6 @@ def test_evaluate_runner_list(dataset, demo):
     assert [r["images"] for r in rep["results"]] == [2, 2] and rep["reference"] == "eager"
 
 
-def _assert_one_line_error(res, *needles):
-    assert res.exit_code != 0
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("lipt-export: error:"), res.stderr
-    assert "Traceback" not in res.output
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def _bad(args, tmp_path):
@@ -138,29 +133,29 @@ def _bad(args, tmp_path):
 
 def test_bad_dataset_folders(dataset, tmp_path):
     (tmp_path / "empty" / "HR").mkdir(parents=True)
-    _assert_one_line_error(_bad(["--dataset", str(tmp_path / "empty")], tmp_path), "no images")
+    assert_one_line_error(_bad(["--dataset", str(tmp_path / "empty")], tmp_path), "no images")
     (tmp_path / "nohr").mkdir()
-    _assert_one_line_error(_bad(["--dataset", str(tmp_path / "nohr")], tmp_path), "no HR/")
+    assert_one_line_error(_bad(["--dataset", str(tmp_path / "nohr")], tmp_path), "no HR/")
 
     mismatch = _with_lr(dataset, tmp_path / "m", name_fn=lambda stem: f"{stem}_lr.png")
-    _assert_one_line_error(_bad(["--dataset", str(mismatch)], tmp_path), "names do not match", "im0.png")
+    assert_one_line_error(_bad(["--dataset", str(mismatch)], tmp_path), "names do not match", "im0.png")
 
     wrong_size = _with_lr(dataset, tmp_path / "s", lr_of=lambda a: a[::3, ::3])
-    _assert_one_line_error(_bad(["--dataset", str(wrong_size)], tmp_path), "LR must be", "--scale")
+    assert_one_line_error(_bad(["--dataset", str(wrong_size)], tmp_path), "LR must be", "--scale")
 
     broken = tmp_path / "b" / "Tiny"
     shutil.copytree(dataset, broken)
     (broken / "HR" / "im1.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    _assert_one_line_error(_bad(["--dataset", str(broken)], tmp_path), "cannot read image", "im1.png")
+    assert_one_line_error(_bad(["--dataset", str(broken)], tmp_path), "cannot read image", "im1.png")
 
 
 def test_checkpoint_for_another_scale(dataset, demo, tmp_path):
     _, ckpt, onnx_path = demo
     res = _cli(["--model", "smsr", "--scale", "3", "--weights", str(ckpt), "--dataset", str(dataset)])
-    _assert_one_line_error(res, "--scale", "fits --scale 2")
+    assert_one_line_error(res, "--scale", "fits --scale 2")
     res = _cli(["--model", "smsr", "--scale", "3", "--no-eager", "--dataset", str(dataset),
                 "--artifact", str(onnx_path)])
-    _assert_one_line_error(res, "x2", "--scale 2")
+    assert_one_line_error(res, "x2", "--scale 2")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")

@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 
 from helpers.cli import one_export, run_cli
+from lipt_export import load_runner
 from lipt_export.engines.shapes import MAX_ELEMENTS, check_max_shape
 from lipt_export.engines.triton_client import TritonHttpClient
 from lipt_export.engines.triton_server import free_port_block, server_env_problem
 from lipt_export.export.pipeline import ExportConfig, build_deploy_graph, onnx_stage, simplify_stage
 from lipt_export.models.io import UnitRangeIO
 from lipt_export.models.registry import get_spec
-from lipt_export.runtime.loader import load_runner
 from lipt_export.runtime.trt import tensorrt_rtx_status
 from lipt_export.validation.inputs import synthetic_image
 from lipt_export.validation.metrics import psnr

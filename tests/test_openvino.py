@@ -14,7 +14,7 @@ from PIL import Image
 from helpers.serving_toys import WindowSR, make_export
 from lipt_export.cli import main
 from lipt_export.errors import ArtifactError
-from lipt_export.runtime.loader import load_runner
+from lipt_export import load_runner
 from lipt_export.runtime.openvino import openvino_status
 from lipt_export.validation.parity import FP32_REL_L2_LIMIT, rel_l2
 
@@ -81,9 +81,9 @@ def test_export_measures_the_cpu_runtime_and_upscale_auto_uses_it(lipt_dir, tmp_
     import shutil
 
     from lipt_export.manifest import read_manifest
-    from lipt_export.validation.runtime_choice import machine_fingerprint
+    from lipt_export.runtime.resolve import machine_fingerprint
 
-    record = read_manifest(lipt_dir).runtime_choice["fp32"]
+    record = read_manifest(lipt_dir).runtime_choice["fp32"].to_dict()  # the typed record, as written
     assert record["machine"] == machine_fingerprint()
     cands = {c["runtime"]: c for c in record["candidates"]}
     assert {"onnxruntime", "openvino-f32"} <= set(cands)

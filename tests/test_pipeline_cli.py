@@ -14,7 +14,9 @@ import torch
 from click.testing import CliRunner
 
 from helpers import manifest_json
+from helpers.cli import assert_one_line_error
 from lipt_export import manifest as mf
+from lipt_export.fileio import sha256_file
 from lipt_export.cli import main
 from lipt_export.export import pipeline
 from lipt_export.export.onnx_export import spatial_dims
@@ -24,7 +26,7 @@ from lipt_export.models.reparam import reparameterize_model
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.validation.inputs import natural_inputs
-from lipt_export.validation.parity import compare
+from lipt_export.validation.parity import FP32_REL_L2_LIMIT, compare
 
 ARGS = ["--model", "lipt", "--variant", "tiny", "--scale", "2", "--no-lint", "--backend", "onnxruntime"]
 
@@ -55,8 +57,8 @@ def test_export_writes_artifacts_manifest_and_report(exported):
     assert man["schema_version"] == mf.SCHEMA_VERSION
     assert man["model"]["name"] == "lipt" and man["model"]["scale"] == 2
     (art,) = man["artifacts"]
-    assert art["sha256"] == mf.sha256_file(out_dir / "model.onnx")
-    assert art["parity"]["rel_l2"] <= pipeline.FP32_REL_L2_LIMIT
+    assert art["sha256"] == sha256_file(out_dir / "model.onnx")
+    assert art["parity"]["rel_l2"] <= FP32_REL_L2_LIMIT
     assert [37, 51] in art["parity"]["sizes"]
     assert man["model"]["reparam_rel_l2_fp64"] < 1e-9
     # the printed summary and the report name the artifact with its parity figure
@@ -105,12 +107,7 @@ def test_train_and_deploy_checkpoints(tmp_path):
 
 
 def _assert_clean_failure(result, out: Path, *needles: str):
-    assert result.exit_code != 0
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("lipt-export: error:")
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+    assert_one_line_error(result, *needles)
     assert not out.exists() or not any(out.iterdir()), list(out.iterdir())
 
 
@@ -172,14 +169,14 @@ def test_failed_parity_leaves_nothing(tmp_path, monkeypatch):
     """A gate failure after all artifacts were written must remove the temp dir and keep an older export."""
     out = tmp_path / "o"
     assert _run([*ARGS, "--out", str(out)]).exit_code == 0
-    before = mf.sha256_file(out / "lipt-tiny-x2" / "manifest.json")
+    before = sha256_file(out / "lipt-tiny-x2" / "manifest.json")
     from lipt_export.validation import parity as gates
 
     monkeypatch.setattr(gates, "FP32_REL_L2_LIMIT", 0.0)  # nothing can pass an exact-zero limit
     res = _invoke([*ARGS, "--out", str(out), "--seed", "1", "--overwrite"])
     assert res.exit_code != 0 and "does not match the eager model" in res.stderr
     assert sorted(p.name for p in out.iterdir()) == ["lipt-tiny-x2"]
-    assert mf.sha256_file(out / "lipt-tiny-x2" / "manifest.json") == before
+    assert sha256_file(out / "lipt-tiny-x2" / "manifest.json") == before
 
 
 def test_help_lists_models_variants_scales():
@@ -204,22 +201,29 @@ def test_bench_command_times_every_artifact(exported, tmp_path):
 
 
 def test_cli_defaults_and_catalog_match_the_library():
-    """The command line checks names and shows defaults without importing the library: keep them equal."""
+    """One table of names and defaults: the registry, the command line and the library's dataclasses all read
+    lipt_export.catalog, so what --help shows is what runs."""
     from lipt_export import catalog
-    from lipt_export.cli import export as cli_export
     from lipt_export.engines.shapes import DEFAULT_SHAPES, default_shapes
-    from lipt_export.engines.tensorrt import DEFAULT_COMPUTE_CAPABILITIES, EngineOptions
+    from lipt_export.engines.tensorrt import EngineOptions
     from lipt_export.models.registry import available_models, get_spec
 
     fields = ("variants", "scales", "default_variant", "min_size", "recommended_tile", "tile_required",
               "static_engine_profile")
     assert {n: tuple(getattr(s, f) for f in fields) for n, s in available_models().items()} == \
         {n: tuple(getattr(f, k) for k in fields) for n, f in catalog.FAMILIES.items()}
-    assert set(cli_export.BACKENDS) == set(pipeline.BACKENDS)
-    assert cli_export.DEFAULT_COMPUTE_CAPABILITIES == DEFAULT_COMPUTE_CAPABILITIES
-    e = EngineOptions()
-    assert (cli_export.DEFAULT_BATCH, cli_export.DEFAULT_WORKSPACE_GIB, cli_export.DEFAULT_OPT_LEVEL) == \
-        (e.batch, e.workspace_gib, e.builder_opt_level)
+    cfg, e = pipeline.ExportConfig(), EngineOptions()
+    assert (cfg.scale, cfg.opset, tuple(cfg.parity_sizes), cfg.calib_count, cfg.calib_size, cfg.calib_method,
+            cfg.max_psnr_drop, cfg.backend) == (catalog.DEFAULT_SCALE, catalog.DEFAULT_OPSET,
+                                                catalog.DEFAULT_PARITY_SIZES, catalog.CALIB_COUNT, catalog.CALIB_SIZE,
+                                                catalog.CALIB_METHOD, catalog.MAX_PSNR_DROP_DB, "auto")
+    assert (e.batch, e.workspace_gib, e.builder_opt_level, e.compute_capabilities) == \
+        (catalog.ENGINE_BATCH, catalog.ENGINE_WORKSPACE_GIB, catalog.ENGINE_OPT_LEVEL, catalog.COMPUTE_CAPABILITIES)
+    params = {p.name: p for p in main.get_command(None, "export").params}
+    assert (params["scale"].default, params["opset"].default, params["batch"].default,
+            params["compute_capabilities"].default, params["max_psnr_drop"].default) == \
+        (cfg.scale, cfg.opset, e.batch, ",".join(e.compute_capabilities), cfg.max_psnr_drop)
+    assert tuple(params["backend"].type.choices) == catalog.EXPORT_BACKENDS
     # --shapes unset: each family's default profile from its tile policy; --shapes wins
     for name, spec in available_models().items():
         t = spec.recommended_tile
@@ -229,5 +233,3 @@ def test_cli_defaults_and_catalog_match_the_library():
     assert get_spec("agileir").static_engine_profile and not get_spec("lipt").static_engine_profile
     assert default_shapes("esrt") == "32x32:64x64:64x64"
     assert EngineOptions(shapes="16x16:32x32:48x48").for_model(get_spec("agileir")).shapes == "16x16:32x32:48x48"
-    assert cli_export.DEFAULT_PARITY_SIZES == pipeline.DEFAULT_PARITY_SIZES
-    assert pipeline.ExportConfig().backend == "auto" and pipeline.ExportConfig().opset == catalog.DEFAULT_OPSET

@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers.cli import assert_one_line_error
 from lipt_export.cli import main
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.validation.inputs import synthetic_image
@@ -132,8 +133,5 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(toy, tmp_path):
         ((d, src, src), "would overwrite its input"),
     ]
     for args, message in cases:
-        res = _run(*args)
-        assert res.exit_code != 0
-        lines = [ln for ln in res.output.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("lipt-export: error:") and message in lines[0], res.output
+        assert_one_line_error(_run(*args), message)
     assert not any(p.name.startswith("o") for p in tmp_path.iterdir())

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from lipt_export import manifest as mf
+from lipt_export.fileio import sha256_file
 from lipt_export.cli import main
 from lipt_export.export.pipeline import ExportConfig, run_export
 from lipt_export.validation.extras import smsr_parity_extras
@@ -51,7 +51,7 @@ def official(tmp_path_factory, shared):
 def test_eager_reproduces_the_paper(official):
     eager = official["report"]["results"][0]
     assert eager["artifact"].startswith("eager") and eager["images"] == 5
-    assert eager["weights"]["sha256"] == mf.sha256_file(official["ckpt"])
+    assert eager["weights"]["sha256"] == sha256_file(official["ckpt"])
     assert eager["psnr_y"] >= EAGER_MIN_PSNR, eager
 
 

@@ -16,9 +16,7 @@ from lipt_export.engines.triton import model_config_pb2, parse_config, write_tri
 from lipt_export.errors import TritonError
 from helpers.serving_toys import add_fp16_io_artifact, make_export
 
-pb2 = model_config_pb2()
-pytestmark = pytest.mark.skipif(pb2 is None, reason="tritonclient (Triton's model_config_pb2) is not installed; "
-                                                    "`pip install -c constraints.txt -e .[dev]`")
+pb2 = model_config_pb2()  # tritonclient is a [dev] dependency, as pytest is: always there when the tests run
 ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16"}
 
 
@@ -137,7 +135,6 @@ def test_triton_parser_rejects_invalid_configs():
 
 def test_tiled_writes_the_bls_model_with_the_package_tiling_and_checks_before_writing(export_dir, tmp_path):
     from lipt_export.fileio import sha256_file
-    from lipt_export.runtime.tiling import TilingPolicy
 
     repo = tmp_path / "repo"
     res = write_triton_model(export_dir, repo, name="m", tiled=True, threads=1)
@@ -146,16 +143,18 @@ def test_tiled_writes_the_bls_model_with_the_package_tiling_and_checks_before_wr
     assert tiled_cfg.name == "m_tiled" and tiled_cfg.backend == "python" and tiled_cfg.max_batch_size == 0
     params = {k: v.string_value for k, v in tiled_cfg.parameters.items()}
     manifest = mf.read_manifest(export_dir)
-    tile, overlap = TilingPolicy.from_io(manifest.io).resolve(None, None, manifest.io.recommended_tile)
+    tile, overlap = manifest.io.tiling.resolve(None, None, manifest.io.tiling.recommended_tile)
     assert params == {"target_model": "m", "target_input": manifest.io.input_name,
                       "target_output": manifest.io.output_name, "target_dtype": "float32",
                       "scale": str(manifest.io.scale), "tile": str(tile), "overlap": str(overlap),
                       "multiple_of": str(manifest.io.multiple_of),
                       "min_height": str(manifest.io.min_size), "min_width": str(manifest.io.min_size)}
     version = res["tiled"]["dir"] / "1"
-    import lipt_export.runtime.tiling as tiling
+    import lipt_export.runtime.tiling as tiled_runner
+    import lipt_export.tiling as tiling
 
-    assert sha256_file(version / "lipt_export" / "runtime" / "tiling.py") == sha256_file(tiling.__file__)
+    assert sha256_file(version / "lipt_export" / "runtime" / "tiling.py") == sha256_file(tiled_runner.__file__)
+    assert sha256_file(version / "lipt_export" / "tiling.py") == sha256_file(tiling.__file__)
     assert (version / "model.py").is_file()
     # the plain model exists and the tiled one would collide: nothing is written without --force
     (repo / "n_tiled").mkdir()

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers.cli import assert_one_line_error, run_cli_process
 from lipt_export.cli import main
 from lipt_export.engines.triton_client import TritonHttpClient, TritonRequestError
 from lipt_export.engines.triton_server import (TritonServer, free_port_block, open_server_env, prepare_backends,
                                                server_env_problem)
-from lipt_export.export.pipeline import ExportConfig, run_export
 from lipt_export.manifest import read_manifest
 from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.runtime.tiling import TiledRunner
@@ -40,10 +40,8 @@ VARIANTS = {NAME: ["--tiled", "--tile", str(TILE)], "flat": ["--max-batch", "0"]
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve")
-    result = run_export(ExportConfig(model="lipt", variant="tiny", scale=2, out=str(out), backend="onnxruntime"))
-    return Path(result.out_dir)
+def export_dir(tiny_export):
+    return tiny_export  # read-only: the server serves copies written by `lipt-export triton`
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +137,7 @@ def test_tiled_model_equals_local_tiling(client, local, export_dir):
 def test_tiled_model_pads_images_below_the_graphs_minimum_like_upscale(client, export_dir):
     # The plain model rejects a 2x2 image (test below); the tiled model pads it to the export's minimum size and
     # crops, as `lipt-export upscale` does locally.
-    from lipt_export.runtime.loader import load_runner
+    from lipt_export import load_runner
 
     io = read_manifest(export_dir).io
     assert io.min_size > 2
@@ -250,11 +248,7 @@ def test_serve_errors_are_one_line(export_dir, tmp_path):
              (["serve", str(tmp_path / "missing")], "manifest"),
              (["serve", str(export_dir), "--port", "70000"], "--port must be in")]
     for args, message in cases:
-        res = subprocess.run([sys.executable, "-m", "lipt_export.cli", *args], capture_output=True, text=True,
-                             timeout=60)
-        assert res.returncode == 2, (args, res.stderr)
-        err = res.stderr.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("lipt-export: error: ") and message in err[0], (args, err)
+        assert_one_line_error(run_cli_process(*args, timeout=60), message)
 
 
 def test_serve_refuses_a_port_in_use(export_dir):

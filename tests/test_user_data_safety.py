@@ -27,11 +27,8 @@ def _png(path: Path, h: int, w: int, seed: int = 0, **save) -> Path:
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    root = tmp_path_factory.mktemp("safety")
-    res = run_cli(*TINY, "--out", root / "out")
-    assert res.exit_code == 0, res.output
-    return root / "out" / "lipt-tiny-x2"
+def export(tiny_export):
+    return tiny_export  # read-only here
 
 
 def test_overwrite_replaces_an_export_of_this_tool_and_nothing_else(export, tmp_path):
@@ -94,18 +91,16 @@ def test_temps_of_live_runs_are_left_and_of_killed_runs_removed(export, tmp_path
     finally:
         sleeper.kill()
     # a killed export's temp folder, beside a live one
-    root = export.parent
+    root = tmp_path / "exports"
     killed, running = root / f".lipt-tiny-x2.tmp-{DEAD_PID}-x", root / ".lipt-tiny-x2.tmp-1-x"
     for d in (killed, running):
-        d.mkdir()
+        d.mkdir(parents=True)
         (d / "model.onnx").write_bytes(b"half")
-    res = run_cli(*TINY, "--out", tmp_path / "again", "--name", "x")  # another name: not swept
+    res = run_cli(*TINY, "--out", root, "--name", "x")  # another name: not swept
     assert res.exit_code == 0 and killed.exists()
-    res = run_cli(*TINY, "--out", root, "--overwrite")
+    res = run_cli(*TINY, "--out", root)
     assert res.exit_code == 0, res.output
     assert not killed.exists() and running.exists() and "temp folder of an export that was killed" in res.output
-    running.joinpath("model.onnx").unlink()
-    running.rmdir()
     # a killed server's work folder and shared memory
     from lipt_export.engines.triton_server import SHM_DIR, remove_dead_servers_leftovers
 

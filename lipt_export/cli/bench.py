@@ -73,9 +73,9 @@ def command(export_dir, dataset, sizes, protocol, runtimes, threads, runs, warmu
         if path:
             check_output_file(path, flag)
     # deferred: torch and the model code load only once the cheap checks passed
-    from lipt_export.export.benchmark import installed_runtimes, run_benchmark
+    from lipt_export.export.benchmark import run_benchmark
 
-    result = run_benchmark(export_dir, runtimes=parse_runtimes(runtimes) or installed_runtimes(),
+    result = run_benchmark(export_dir, runtimes=parse_runtimes(runtimes),
                            protocol=protocol, sizes=[parse_size(s) for s in sizes.split(",") if s.strip()],
                            dataset=dataset, threads=threads, runs=runs, warmup=warmup, eager=not no_eager)
     acc = "PSNR-Y on the dataset" if result["accuracy"] == "dataset" else "output PSNR vs the golden eager outputs"

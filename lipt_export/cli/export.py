@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import click
 
-from lipt_export.catalog import DEFAULT_OPSET, FAMILIES, OPSETS, check_choice, check_opset
+from lipt_export.catalog import (CALIB_COUNT, CALIB_METHOD, CALIB_METHODS, CALIB_SIZE, COMPUTE_CAPABILITIES,
+                                 DEFAULT_OPSET, DEFAULT_PARITY_SIZES, DEFAULT_SCALE, ENGINE_BATCH, ENGINE_OPT_LEVEL,
+                                 ENGINE_WORKSPACE_GIB, EXPORT_BACKENDS, FAMILIES, MAX_PSNR_DROP_DB, OPSETS,
+                                 check_choice, check_opset)
 from lipt_export.cli.options import arch_options, check_output_file, parse_size, write_models_table
 from lipt_export.engines.shapes import check_profile_fits, default_shapes, parse_profile
 from lipt_export.fileio import write_json_atomic
 from lipt_export.report import format_table
 
-# Defaults shown in --help, kept equal to the library's by tests/test_pipeline_cli.py (the library is imported
-# only when an export runs: checking the command line must not wait for torch).
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
-DEFAULT_COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")
-DEFAULT_BATCH, DEFAULT_WORKSPACE_GIB, DEFAULT_OPT_LEVEL = "1:1:1", 4.0, 3
-DEFAULT_PARITY_SIZES = ((64, 64), (37, 51))
 
 
 class _ExportCommand(click.Command):
@@ -26,7 +23,7 @@ class _ExportCommand(click.Command):
 @click.command("export", cls=_ExportCommand)
 @click.option("--model", "-m", default="lipt", show_default=True, help="Model family (see list below).")
 @click.option("--variant", "-v", default=None, help="Model variant (default: the family's default).")
-@click.option("--scale", "-s", default=4, show_default=True, type=int, help="Upscaling factor (1 = restoration).")
+@click.option("--scale", "-s", default=DEFAULT_SCALE, show_default=True, type=int, help="Upscaling factor (1 = restoration).")
 @click.option("--weights", "-w", default=None, type=click.Path(), help="Checkpoint (.pt/.pth/.safetensors), "
               "train or deploy form; its architecture (blocks, channels, heads, scale, ...) is read from it. Without "
               "it, deterministic demo weights are exported (pipeline checks only).")
@@ -53,17 +50,16 @@ class _ExportCommand(click.Command):
 @click.option("--int8", is_flag=True, help="Also produce an INT8 explicit Q/DQ ONNX (needs --calib).")
 @click.option("--calib", default=None, type=click.Path(), help="Folder of representative HR images (LR with --calib-lr).")
 @click.option("--calib-lr", is_flag=True, help="--calib images are already LR inputs.")
-@click.option("--calib-count", default=32, show_default=True, type=int, help="Calibration patches.")
-@click.option("--calib-size", default=64, show_default=True, type=int, help="LR calibration patch size.")
-@click.option("--calib-method", default="minmax", show_default=True,
-              type=click.Choice(["minmax", "entropy", "percentile"]))
-@click.option("--max-psnr-drop", default=0.10, show_default=True, type=float,
+@click.option("--calib-count", default=CALIB_COUNT, show_default=True, type=int, help="Calibration patches.")
+@click.option("--calib-size", default=CALIB_SIZE, show_default=True, type=int, help="LR calibration patch size.")
+@click.option("--calib-method", default=CALIB_METHOD, show_default=True, type=click.Choice(CALIB_METHODS))
+@click.option("--max-psnr-drop", default=MAX_PSNR_DROP_DB, show_default=True, type=float,
               help="INT8 budget: PSNR-Y drop vs FP32 (dB) on held-out images before nodes fall back to float.")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(list(BACKENDS)),
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(EXPORT_BACKENDS),
               help="Engines: tensorrt = TensorRT for this machine's GPU; tensorrt-rtx = TensorRT-RTX ahead of time "
                    "for --compute-capabilities (no GPU needed); auto = TensorRT with a GPU, else TensorRT-RTX when "
                    "installed, else ONNX only; onnxruntime = ONNX only.")
-@click.option("--compute-capabilities", default=",".join(DEFAULT_COMPUTE_CAPABILITIES), show_default=True,
+@click.option("--compute-capabilities", default=",".join(COMPUTE_CAPABILITIES), show_default=True,
               help="TensorRT-RTX targets (RTX 30xx 8.6, RTX 40xx 8.9, RTX 50xx 12.0; also 7.5, 8.0, 12.1).")
 @click.option("--shapes", default=None,
               help="TensorRT profile MINxMIN:OPTxOPT:MAXxMAX (LR H x W). Default: from the model's tile policy ("
@@ -71,13 +67,13 @@ class _ExportCommand(click.Command):
                    "tile (attention grows with (H*W)^2), AgileIR static at its tile (TensorRT-RTX builds its "
                    "dynamic range 8x slower); serving tiles/pads inputs to the profile. A MAX that cannot build "
                    "is refused at once with the largest that fits.")
-@click.option("--batch", default=DEFAULT_BATCH, show_default=True, help="TensorRT batch range MIN:OPT:MAX.")
-@click.option("--workspace", default=DEFAULT_WORKSPACE_GIB, show_default=True, type=float,
+@click.option("--batch", default=ENGINE_BATCH, show_default=True, help="TensorRT batch range MIN:OPT:MAX.")
+@click.option("--workspace", default=ENGINE_WORKSPACE_GIB, show_default=True, type=float,
               help="TensorRT workspace (GiB).")
-@click.option("--builder-opt-level", default=DEFAULT_OPT_LEVEL, show_default=True, type=int)
+@click.option("--builder-opt-level", default=ENGINE_OPT_LEVEL, show_default=True, type=int)
 @click.option("--timing-cache", default=None, type=click.Path(), help="TensorRT timing cache file (reused).")
 @click.option("--parity-size", "parity_sizes", multiple=True, help="Parity input size HxW (repeatable; "
-              "default 64x64 and 37x51).")
+              "default " + " and ".join(f"{h}x{w}" for h, w in DEFAULT_PARITY_SIZES) + ").")
 @click.option("--parity-images", default=None, type=click.Path(), help="Images for parity inputs "
               "(default: deterministic synthetic images).")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -116,8 +112,6 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
 def print_summary(result) -> None:
     from lipt_export.export.summary import (ARTIFACT_HEADER, ENGINE_HEADER, engine_rows,  # deferred: as above
                                             flag_lines, summary_rows)
-    from lipt_export.runtime.trt import engine_runtime_label  # deferred: as above
-    from lipt_export.validation.runtime_choice import runtime_summary  # deferred: as above
 
     man = result.manifest
     click.echo("")
@@ -139,26 +133,24 @@ def print_summary(result) -> None:
     click.echo(f"\nengines: {backend.get('backend', '-')} ({backend.get('why', '')})")
     if engines:
         click.echo(format_table(ENGINE_HEADER, engine_rows(man)))
-        if any(isinstance(e.get("parity"), str) for e in engines):
-            caps = ", ".join(engines[0].get("compute_capabilities") or [])
-            click.echo(f"  these engines run on GPUs of compute capability {caps} with "
-                       f"{engine_runtime_label(engines[0])}; check them there with `lipt-export verify "
-                       f"{result.out_dir}` (Triton's TensorRT backend cannot load TensorRT-RTX plans: "
-                       f"`lipt-export triton` serves the ONNX file)")
+        pending = [e for e in engines if e.parity_pending]
+        if pending:
+            engine = pending[0].engine
+            click.echo(f"  these engines run on GPUs of compute capability {', '.join(engine.compute_capabilities)} "
+                       f"with {engine.label}; check them there with `lipt-export verify {result.out_dir}` (Triton's "
+                       f"TensorRT backend cannot load TensorRT-RTX plans: `lipt-export triton` serves the ONNX file)")
     for e in man.select("onnx", "int8"):
-        speed = e.get("speed") or {}
+        speed = e.int8_speed
         if speed:
-            ms = speed["median_ms"]
-            verdict = "recommended" if e.get("recommended") else "NOT recommended (no faster than " + \
-                min((k for k in ms if k != "int8"), key=ms.get) + ")"
-            click.echo(f"int8: {verdict} on {speed['runtime']} here, {speed['probe_hw'][0]}x{speed['probe_hw'][1]}: "
-                       + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
+            verdict = "recommended" if speed.recommended else f"NOT recommended (no faster than {speed.fastest_other})"
+            click.echo(f"int8: {verdict} on {speed.runtime} here, {speed.probe_hw[0]}x{speed.probe_hw[1]}: "
+                       + ", ".join(f"{k} {v:.1f} ms" for k, v in speed.median_ms.items()))
     for e in man.select("onnx"):
         choice = man.runtime_choice.get(e.precision)
         if choice:
-            click.echo(f"cpu runtime: {choice['runtime']} for {e.path} (`--runtime auto`: fastest within its "
-                       f"accuracy budget here: {runtime_summary(choice)})")
-    left_out = {c["runtime"]: c["why"] for rec in man.runtime_choice.values() for c in rec.get("left_out", [])}
+            click.echo(f"cpu runtime: {choice.runtime} for {e.path} (`--runtime auto`: fastest within its "
+                       f"accuracy budget here: {choice.summary()})")
+    left_out = {rt: why for rec in man.runtime_choice.values() for rt, why in rec.left_out}
     for rt, why in left_out.items():
         click.echo(f"  not a candidate: {rt} ({why})")
     click.echo("")

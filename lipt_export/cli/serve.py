@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from lipt_export.catalog import PRECISIONS
 from lipt_export.engines.triton import write_triton_model
 from lipt_export.engines.triton_client import curl_example, example_request
 from lipt_export.engines.triton_server import (DEFAULT_PORT, SHM_STEM, TritonServer, check_port,
@@ -43,7 +44,7 @@ def _dir_size(path: Path) -> int:
 @click.option("--dynamic-batching", is_flag=True, help="Merge concurrent same-shape requests into batches.")
 @click.option("--max-batch", default=None, type=int, help="max_batch_size [default: 8 with --dynamic-batching, "
               "else 1].")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS),
               help="Which ONNX artifact of the export to serve.")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime intra-op threads per instance "
               "[default: the cores divided among the instances; 0: ONNX Runtime's own default].")

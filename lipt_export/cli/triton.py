@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from lipt_export.catalog import PRECISIONS
 from lipt_export.cli.options import parse_int_list
 from lipt_export.engines.triton import write_triton_model
 
@@ -16,7 +17,7 @@ from lipt_export.engines.triton import write_triton_model
 @click.option("--max-batch", default=1, show_default=True, type=int,
               help="max_batch_size (0 = no batching; dims then include the batch).")
 @click.option("--instances", default=1, show_default=True, type=int, help="Instances (instance_group count).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS))
 @click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(["auto", "onnx", "tensorrt"]),
               help="auto = a datacenter TensorRT plan when the export has one (Triton's TensorRT backend cannot load "
                    "TensorRT-RTX plans), else ONNX.")
@@ -46,7 +47,7 @@ def command(export_dir, repo, name, max_batch, instances, precision, fmt, kind, 
     click.echo(f"wrote {res['config']}")
     click.echo(f"wrote {res['model']}  ({res['platform']}, from {res['entry']['path']})")
     if res["entry"]["format"] == "tensorrt":
-        click.echo(f"note: the plan was built with {res['runtime']} on {res['entry'].get('gpu')}; the Triton "
+        click.echo(f"note: the plan was built with {res['runtime']} on {res['engine'].gpu}; the Triton "
                    f"container must ship the same TensorRT version and GPU architecture")
     if tiled:
         t = res["tiled"]

@@ -9,23 +9,24 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from lipt_export.catalog import CPU_RUNTIMES, PRECISIONS, SERVING_BACKENDS
 from lipt_export.errors import LiptExportError, UpscaleError
 from lipt_export.fileio import disk_full
 from lipt_export.manifest import demo_weights_warning
-from lipt_export.runtime.loader import open_artifact, runner_for
-from lipt_export.runtime.openvino import RUNTIMES
-from lipt_export.runtime.tiling import DEFAULT_TILE, TiledRunner
+from lipt_export.runtime.loader import open_artifact
+from lipt_export.runtime.resolve import resolve
 from lipt_export.runtime.upscale import plan_outputs, remove_stale_temps, upscale_file
-from lipt_export.validation.runtime_choice import resolve_runtime
+from lipt_export.tiling import DEFAULT_TILE
+from lipt_export.validation.runtime_choice import measure_artifact
 
 
 @click.command("upscale")
 @click.argument("artifact", type=click.Path())
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.argument("output_path", metavar="OUTPUT", type=click.Path())
-@click.option("--precision", default=None, type=click.Choice(["fp32", "fp16", "int8"]),
+@click.option("--precision", default=None, type=click.Choice(PRECISIONS),
               help="Artifact precision when ARTIFACT is an export directory (default fp32).")
-@click.option("--backend", default="auto", show_default=True, type=click.Choice(["auto", "onnxruntime", "tensorrt"]),
+@click.option("--backend", default="auto", show_default=True, type=click.Choice(SERVING_BACKENDS),
               help="auto = the TensorRT engine when the export has one and TensorRT works, else ONNX Runtime.")
 @click.option("--tile", default=None, type=int, help="LR tile size in pixels; 0 = whole image (default: the "
               f"manifest's recommended tile when the model requires tiling, else {DEFAULT_TILE}; smaller images run "
@@ -38,7 +39,7 @@ from lipt_export.validation.runtime_choice import resolve_runtime
 @click.option("--format", "fmt", default=None, help="Output format for folders (png, jpg, webp, tif, npy).")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime threads (default: all cores, at most 8).")
 @click.option("--runtime", default="auto", show_default=True,
-              type=click.Choice(["auto", *RUNTIMES]),
+              type=click.Choice(["auto", *CPU_RUNTIMES]),
               help="CPU runtime for ONNX artifacts. auto: the fastest execution of the artifact within its "
                    "accuracy budget, as measured at export on this machine (else measured now); it says which. "
                    "Within budget: the file's own numerics (ONNX Runtime, OpenVINO f32), or bf16 (CPUs that "
@@ -50,17 +51,10 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
             runtime, skip_existing, quiet):
     """Upscale INPUT (an image or a folder of images) with ARTIFACT (export dir, .onnx or .engine) into OUTPUT."""
     pairs, warnings = plan_outputs(Path(input_path), Path(output_path), fmt)
-    art = open_artifact(artifact, precision=precision, backend=backend)
-    # bounded memory by default: images up to DEFAULT_TILE run whole
-    tile_size, ov = art.tiling.resolve(tile, overlap, default_tile=DEFAULT_TILE)
-    if tile_size and overlap is not None and art.tiling.overlap_warning(ov):
-        warnings.append(art.tiling.overlap_warning(ov))
-    if art.manifest is not None and demo_weights_warning(art.manifest):
-        warnings.append(demo_weights_warning(art.manifest))
-    if art.format == "tensorrt" and tile_size:  # tiles inside the engine's profile: no second tiling
-        tile_size = min(tile_size, *art.entry.get("profile")["max"][2:])
-    runtime, why = resolve_runtime(art, runtime, threads)
-    runner = TiledRunner(runner_for(art, threads=threads, runtime=runtime), art.scale, tile_size, ov, art.multiple_of)
+    art = open_artifact(artifact, precision=precision, backend=backend)  # open
+    plan = resolve(art, runtime=runtime, tile=tile, overlap=overlap, threads=threads, measure=measure_artifact)
+    warnings += plan.warnings + [w for w in [art.manifest and demo_weights_warning(art.manifest)] if w]
+    runner = plan.tiled_runner(threads=threads)  # run
     if len(pairs) > 1 or Path(input_path).is_dir():
         Path(output_path).mkdir(parents=True, exist_ok=True)
     else:
@@ -90,8 +84,8 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
         click.echo(f"lipt-export: warning: {w}", err=True)
     done = len(todo) - len(failures)
     tile_txt = f"tile {runner.tile} overlap {runner.overlap}" if runner.tile else "whole image"
-    if why:
-        click.echo(f"runtime: {runtime} (auto, {why})")
+    if runtime == "auto":
+        click.echo(f"runtime: {plan.runtime} (auto, {plan.why})")
     click.echo(f"upscaled {done} image(s) x{runner.scale} with {runner.runner.name} on {runner.device} ({tile_txt}) "
                f"-> {output_path} in {time.perf_counter() - t0:.1f}s")
     if len(pairs) > 1 or skipped:

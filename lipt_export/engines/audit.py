@@ -69,3 +69,24 @@ def cross_check(artifact: str, audit: Mapping[str, Any], claims: Mapping[str, Op
                             + (f" (+{len(missing) - 4})" if len(missing) > 4 else ""))
     if problems:
         raise EngineError(f"precision audit of {artifact} disagrees with the export: {'; '.join(problems)}")
+
+
+def qdq_compute_nodes(model) -> List[Any]:
+    """Compute nodes (``COMPUTE_OPS``) of an ONNX model with an input from a DequantizeLinear: what an INT8 Q/DQ
+    file runs in INT8 (the INT8 stage quantizes exactly these op types)."""
+    dq_out = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [n for n in model.graph.node if n.op_type in COMPUTE_OPS and any(i in dq_out for i in n.input)]
+
+
+def precision_claims(onnx_path, entry) -> Dict[str, Optional[set]]:
+    """What the precision stages recorded about an ONNX artifact (an ``ArtifactEntry`` of the file at
+    ``onnx_path``), for :func:`cross_check`: compute nodes that run in FP32 (fp16: exactly the recorded FP32 islands)
+    and in INT8 (int8: exactly the Q/DQ'd nodes, the recorded float fallbacks excluded). None = no claim."""
+    if entry.precision == "fp16":
+        islands = {i.node for i in (entry.fp16.islands if entry.fp16 else ()) if i.op in COMPUTE_OPS}
+        return {"fp32": islands, "int8": set()}
+    if entry.precision == "int8":
+        import onnx  # deferred: only INT8 files are read here
+
+        return {"int8": {n.name for n in qdq_compute_nodes(onnx.load(str(onnx_path)))}, "fp32": None, "fp16": set()}
+    return {"fp16": set(), "int8": set()}

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from lipt_export.catalog import family
 from lipt_export.errors import ProfileError
-from lipt_export.runtime.trt import ProfileSpec
+from lipt_export.manifest import ProfileSpec
 
 MAX_ELEMENTS = 2 ** 31
 DEFAULT_SHAPES = "32x32:256x256:512x512"  # LR profile of families that run whole images

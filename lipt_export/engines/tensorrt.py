@@ -23,24 +23,25 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from lipt_export.catalog import (COMPUTE_CAPABILITIES, ENGINE_BATCH, ENGINE_OPT_LEVEL, ENGINE_WORKSPACE_GIB,
+                                 EXPORT_BACKENDS, artifact_name)
 from lipt_export.engines.audit import audit_network, audit_summary, cross_check
-from lipt_export.engines.shapes import (DEFAULT_SHAPES, ElementReport, ProfileSpec, check_max_shape, check_profile_fits,
+from lipt_export.engines.shapes import (DEFAULT_SHAPES, ElementReport, check_max_shape, check_profile_fits,
                                         default_shapes, parse_profile)
 from lipt_export.errors import EngineError
 from lipt_export.fileio import save_atomic, sha256_file
-from lipt_export.manifest import ArtifactEntry, Manifest
+from lipt_export.manifest import ArtifactEntry, Manifest, ProfileSpec
 from lipt_export.models.registry import ModelSpec
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.runtime.trt import (current_environment, load_engine_runner, require_tensorrt, select_tensorrt,
-                                     tensorrt_rtx_status)
+                                     tensorrt_rtx_status, tensorrt_status)
 from lipt_export.validation.parity import compare, psnr_parity_ok
 
 logger = logging.getLogger(__name__)
 
 # Ampere (RTX 30xx, A-series), Ada (RTX 40xx, L4/L40), Blackwell consumer (RTX 50xx): the cards TensorRT-RTX
-# targets today. Each extra capability adds its kernels to the plan (size and build time grow with the list).
-DEFAULT_COMPUTE_CAPABILITIES: Tuple[str, ...] = ("8.6", "8.9", "12.0")
+# targets today (catalog.COMPUTE_CAPABILITIES). Each extra capability adds its kernels to the plan.
 
 
 def engine_parity_ok(engine_psnr_db: float, onnx_psnr_db: float, finite: bool = True) -> bool:
@@ -52,7 +53,7 @@ def parse_capabilities(text: str | Sequence[str]) -> Tuple[str, ...]:
     items = [t.strip() for t in (text.split(",") if isinstance(text, str) else text) if t.strip()]
     if not items or any(not re.fullmatch(r"\d+\.\d+", t) for t in items):
         raise EngineError(f"--compute-capabilities '{text}' must be MAJOR.MINOR values, e.g. "
-                          f"{','.join(DEFAULT_COMPUTE_CAPABILITIES)}")
+                          f"{','.join(COMPUTE_CAPABILITIES)}")
     return tuple(dict.fromkeys(items))
 
 
@@ -61,11 +62,11 @@ class EngineOptions:
     """How engines are built; the defaults are the CLI's defaults (validated by :meth:`validate`)."""
 
     shapes: Optional[str] = None  # LR MINxMIN:OPTxOPT:MAXxMAX; None: the model family's default (for_model)
-    batch: str = "1:1:1"
-    workspace_gib: float = 4.0
-    builder_opt_level: int = 3
+    batch: str = ENGINE_BATCH
+    workspace_gib: float = ENGINE_WORKSPACE_GIB
+    builder_opt_level: int = ENGINE_OPT_LEVEL
     timing_cache: Optional[str] = None
-    compute_capabilities: Tuple[str, ...] = field(default=DEFAULT_COMPUTE_CAPABILITIES)  # TensorRT-RTX targets
+    compute_capabilities: Tuple[str, ...] = field(default=COMPUTE_CAPABILITIES)  # TensorRT-RTX targets
 
     def profile(self) -> ProfileSpec:
         return parse_profile(self.shapes or DEFAULT_SHAPES, self.batch)
@@ -88,6 +89,30 @@ class EngineOptions:
 
     def as_dict(self):
         return asdict(self)
+
+
+def resolve_engine_backend(backend: str) -> Tuple[str, str]:
+    """(engine backend this machine will use, why) for ``--backend``. Fails at once when a TensorRT is asked for
+    and missing."""
+    if backend not in EXPORT_BACKENDS:
+        raise EngineError(f"unknown backend '{backend}'; choose one of {', '.join(EXPORT_BACKENDS)}")
+    if backend == "onnxruntime":
+        return backend, "--backend onnxruntime: ONNX artifacts only"
+    trt_ok, trt_why = tensorrt_status()
+    rtx_ok, rtx_why = tensorrt_rtx_status()
+    if backend == "tensorrt":
+        if not trt_ok:
+            raise EngineError(trt_why)
+        return backend, "--backend tensorrt: TensorRT with this machine's GPU"
+    if backend == "tensorrt-rtx":
+        if not rtx_ok:
+            raise EngineError(rtx_why)
+        return backend, "--backend tensorrt-rtx: TensorRT-RTX, ahead of time"
+    if trt_ok:
+        return "tensorrt", "auto: TensorRT and a CUDA GPU are available"
+    if rtx_ok:
+        return "tensorrt-rtx", "auto: no datacenter TensorRT with a CUDA GPU here; TensorRT-RTX builds ahead of time"
+    return "onnxruntime", "auto: neither TensorRT with a GPU nor TensorRT-RTX here; ONNX artifacts only"
 
 
 @dataclass
@@ -224,7 +249,7 @@ def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], 
     entries: List[ArtifactEntry] = []
     for source in onnx_entries:
         onnx_path = Path(root) / source.path
-        engine_path = Path(root) / f"model.{source.precision}.engine"
+        engine_path = Path(root) / artifact_name("tensorrt", source.precision)
         parsed = parse_onnx(trt, onnx_path, strongly_typed_flag=flavor == "tensorrt")
         if parsed.errors:
             raise EngineError(f"TensorRT's parser rejects {onnx_path.name}: {parsed.errors[0]}")
@@ -249,7 +274,7 @@ def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], 
             build_s=round(seconds, 2), parser={"errors": parsed.errors, "warnings": parsed.warnings},
             build_warnings=build_warnings,
             precision_audit=audit_summary(audit, source.precision),
-            **({"fp16_io": source.get("fp16_io")} if source.get("fp16_io") else {}))
+            **({"fp16_io": source.io_dtype} if source.io_dtype != "float32" else {}))
         entry = entry.with_details(parity=_engine_parity(flavor, engine_path, entry, manifest, onnx_path, source,
                                                          parity_inputs, reference_runner))
         logger.info(f"[engine] {engine_path.name}: {seconds:.1f}s build, {engine_path.stat().st_size / 1e6:.1f} MB, "
@@ -263,7 +288,7 @@ def _engine_parity(flavor: str, engine_path: Path, entry: ArtifactEntry, manifes
     """Parity against the eager model where the engine runs here (TensorRT with its GPU); a TensorRT-RTX plan
     built ahead of time says where to check it."""
     if flavor == "tensorrt-rtx":
-        caps = ", ".join(entry.get("compute_capabilities"))
+        caps = ", ".join(entry.engine.compute_capabilities)
         return (f"pending: needs a GPU with compute capability in [{caps}]; run lipt-export verify on it")
     runner = load_engine_runner(engine_path, entry, manifest)
     onnx_runner = OnnxRuntimeRunner(onnx_path, name=onnx_path.name, precision=source.precision)

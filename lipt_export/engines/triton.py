@@ -17,20 +17,18 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import lipt_export.errors
 import lipt_export.runtime.base
 import lipt_export.runtime.tiling
-from lipt_export.errors import TritonError
-from lipt_export.fileio import dead_owner_temps, replace_dir, temp_prefix
-from lipt_export.manifest import (ArtifactEntry, Manifest, demo_weights_warning, read_manifest, replaceable_problem,
-                                  write_manifest)
-from lipt_export.runtime.loader import checked_artifact
-from lipt_export.runtime.tiling import TilingPolicy
-from lipt_export.runtime.trt import ProfileSpec, engine_runtime, engine_runtime_label
+import lipt_export.tiling
+from lipt_export.errors import ArtifactError, TritonError
+from lipt_export.fileio import staged_dir
+from lipt_export.manifest import (ArtifactEntry, Manifest, ProfileSpec, demo_weights_warning, read_manifest,
+                                  replaceable_problem, write_manifest)
+from lipt_export.runtime.loader import checked_artifact, select_entry
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 _ONNX_ELEM = {1: "float32", 10: "float16"}
@@ -86,30 +84,28 @@ def _onnx_io(path: Path) -> Dict[str, Dict[str, str]]:
 
 def _plan_io(manifest: Manifest, entry: ArtifactEntry) -> Dict[str, Dict[str, str]]:
     # the engine keeps the I/O dtype of the ONNX it was built from: float16 only for --fp16-io exports
-    io_dtype = entry.get("fp16_io") or "float32"
     names = {"input": manifest.io.input_name, "output": manifest.io.output_name}
-    return {k: {"name": names[k], "dtype": io_dtype} for k in ("input", "output")}
+    return {k: {"name": names[k], "dtype": entry.engine.io_dtype} for k in ("input", "output")}
 
 
-def choose_entry(manifest: Manifest, precision: str, fmt: str) -> ArtifactEntry:
-    """The artifact a Triton model of ``precision`` serves. ``auto``: a datacenter TensorRT plan when the export
-    has one (Triton's TensorRT backend links datacenter TensorRT), else the ONNX file; TensorRT-RTX engines are
-    never chosen: no stock Triton backend loads them (docs/serving.md), and asking for one says so."""
-    onnx = manifest.select("onnx", precision)
-    plans = [e for e in manifest.select("tensorrt", precision) if engine_runtime(e) == "tensorrt"]
-    rtx = [e for e in manifest.select("tensorrt", precision) if engine_runtime(e) != "tensorrt"]
-    if fmt == "auto":
-        fmt = "tensorrt" if plans else "onnx"
-    if fmt == "tensorrt" and not plans and rtx:
-        raise TritonError(f"the export's {precision} engine {rtx[0].path} is a {engine_runtime_label(rtx[0])} plan: "
-                          f"Triton's tensorrt_plan backend links datacenter TensorRT and cannot load it; serve the "
-                          f"ONNX model (--format onnx or auto), or rebuild with --backend tensorrt on a machine with "
-                          f"datacenter TensorRT and the target GPU (docs/serving.md: serving on RTX machines)")
-    chosen = plans if fmt == "tensorrt" else onnx
-    if not chosen:
-        have = ", ".join(sorted(a.path for a in manifest.artifacts)) or "none"
-        raise TritonError(f"the export has no {precision} {fmt} artifact (it has: {have}); choose --precision/--format")
-    return chosen[0]
+def servable_by_triton(entry: ArtifactEntry) -> Tuple[bool, str]:
+    """Triton's tensorrt_plan backend links datacenter TensorRT: it loads datacenter plans only."""
+    engine = entry.engine
+    if engine.datacenter:
+        return True, "ok"
+    return False, (f"the export's {entry.precision} engine {entry.path} is a {engine.label} plan: Triton's "
+                   f"tensorrt_plan backend links datacenter TensorRT and cannot load it; serve the ONNX model "
+                   f"(--format onnx or auto), or rebuild with --backend tensorrt on a machine with datacenter TensorRT "
+                   f"and the target GPU (docs/serving.md: serving TensorRT-RTX engines)")
+
+
+def choose_triton_entry(manifest: Manifest, precision: str, fmt: str) -> ArtifactEntry:
+    """The artifact a Triton model serves, by the one selection rule (:func:`lipt_export.runtime.loader.
+    select_entry`) with Triton's own ability: ``auto`` a datacenter plan when there is one, else the ONNX file."""
+    try:
+        return select_entry(manifest, precision, {"onnx": "onnxruntime"}.get(fmt, fmt), can_run=servable_by_triton)
+    except ArtifactError as exc:
+        raise TritonError(str(exc)) from None
 
 
 def render_config(name: str, platform: str, io: Dict[str, Dict[str, str]], max_batch: int, instances: int,
@@ -141,14 +137,14 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
                        tile: Optional[int] = None, overlap: Optional[int] = None,
                        force: bool = False) -> Dict[str, Any]:
     """Write one model into a Triton repository; returns {"dir", "config", "model", "entry", "platform", "io",
-    "name", "manifest"} and, with ``tiled``, "tiled": the same for ``<name>_tiled`` (+ "tile", "overlap").
+    "runtime", "engine", "name", "manifest", "warnings"} and, with ``tiled``, "tiled": the same for ``<name>_tiled`` (+ "tile", "overlap").
     Everything is checked before anything is written.
 
     ``threads``: ONNX Runtime intra-op threads (the ``intra_op_thread_count`` parameter, which both the C++
     onnxruntime backend and lipt-export's Python-based one read); None leaves ONNX Runtime's default."""
     export_dir, repo = Path(export_dir), Path(repo)
     manifest = read_manifest(export_dir if export_dir.is_dir() else export_dir.parent)
-    entry = choose_entry(manifest, precision, fmt)
+    entry = choose_triton_entry(manifest, precision, fmt)
     fmt = entry.format
     platform, filename = PLATFORMS[fmt]
     source = checked_artifact(manifest, entry).path  # inside the export, sha256 and description as recorded
@@ -156,7 +152,7 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
         raise TritonError("--max-batch must be >= 0 and --instances >= 1")
     if dynamic_batching and max_batch < 2:
         raise TritonError("dynamic batching needs --max-batch >= 2")
-    profile = ProfileSpec.from_dict(entry.get("profile")) if fmt == "tensorrt" else None
+    profile = entry.engine.profile if fmt == "tensorrt" else None
     if profile is not None:
         pmin, pmax = profile.batch[0], profile.batch[2]
         if max_batch > pmax or (max_batch > 0 and pmin > 1):
@@ -179,7 +175,8 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
     final = _write_model_dir(repo, name, text, {filename: source}, manifest, force)
     result = {"dir": final, "config": final / "config.pbtxt", "model": final / "1" / filename,
               "entry": entry.to_dict(), "platform": platform, "io": io, "name": name, "manifest": manifest,
-              "runtime": engine_runtime_label(entry) if fmt == "tensorrt" else "ONNX",
+              "runtime": entry.engine.label if fmt == "tensorrt" else "ONNX",
+              "engine": entry.engine if fmt == "tensorrt" else None,
               "warnings": _warnings(manifest, entry, spec)}
     if spec:
         tdir = _write_model_dir(repo, spec["name"], spec["text"], spec["files"], manifest, force)
@@ -197,20 +194,13 @@ def _write_model_dir(repo: Path, name: str, config_text: str, version_files: Dic
     final = repo / name
     _check_replaceable(final, force)
     repo.mkdir(parents=True, exist_ok=True)
-    for stale in dead_owner_temps(repo, f".{name}.tmp-"):  # a killed run's half-written model folder
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{name}.tmp-"), dir=str(repo)))
-    try:
+    with staged_dir(final, before_swap=lambda: _check_replaceable(final, force)) as tmp:
         for rel, src in version_files.items():
             dest = tmp / "1" / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
         (tmp / "config.pbtxt").write_text(config_text)
         write_manifest(tmp, manifest)
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -218,9 +208,9 @@ def _warnings(manifest: Manifest, entry: ArtifactEntry, tiled: Optional[Dict[str
     """What a user serving this repository should know: demo weights, TensorRT-RTX engines not served, a tile
     overlap below the export's policy."""
     out = [w for w in [demo_weights_warning(manifest)] if w]
-    rtx = [e for e in manifest.select("tensorrt", entry.precision) if engine_runtime(e) != "tensorrt"]
+    rtx = [e for e in manifest.select("tensorrt", entry.precision) if not e.engine.datacenter]
     if entry.format == "onnx" and rtx:
-        out.append(f"{rtx[0].path} ({engine_runtime_label(rtx[0])}) is not in the repository: Triton's TensorRT "
+        out.append(f"{rtx[0].path} ({rtx[0].engine.label}) is not in the repository: Triton's TensorRT "
                    f"backend cannot load TensorRT-RTX plans, so {entry.path} is served (docs/serving.md)")
     if tiled and tiled.get("overlap_warning"):
         out.append(tiled["overlap_warning"])
@@ -253,6 +243,7 @@ def vendored_tiling_files() -> Dict[str, Path]:
     """The package's tiling module and what it imports, as files for a BLS model's version directory."""
     return {"lipt_export/__init__.py": TRITON_MODELS_DIR / "vendored_init.py",
             "lipt_export/errors.py": Path(lipt_export.errors.__file__),
+            "lipt_export/tiling.py": Path(lipt_export.tiling.__file__),
             "lipt_export/runtime/__init__.py": TRITON_MODELS_DIR / "vendored_init.py",
             "lipt_export/runtime/base.py": Path(lipt_export.runtime.base.__file__),
             "lipt_export/runtime/tiling.py": Path(lipt_export.runtime.tiling.__file__)}
@@ -264,7 +255,7 @@ def _tiled_spec(target_name: str, target_io: Dict[str, Dict[str, str]], manifest
     Tile and overlap come from the export's tiling policy (its recommended tile unless ``tile`` is given).
     Tiles below the smallest input the target takes (the graph's minimum; for a plan also its ``profile``'s,
     e.g. AgileIR's static one) are padded up to it; a plan's tile must fit the profile's maximum."""
-    policy = TilingPolicy.from_io(manifest.io)
+    policy = manifest.io.tiling
     size, ov = policy.resolve(tile, overlap, default_tile=policy.recommended_tile)
     if size is None:
         raise TritonError("the tiled model needs a tile: use --tile N with N > 0")

@@ -42,8 +42,8 @@ from lipt_export.runtime.base import Runner, default_threads
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.loader import checked_artifact, onnx_runner, padded_to_min_size
 from lipt_export.runtime.memory import whole_image_problem
-from lipt_export.runtime.openvino import check_runtime, openvino_status
-from lipt_export.runtime.trt import engine_runtime, engine_runtime_status
+from lipt_export.runtime.openvino import check_runtime, installed_cpu_runtimes
+from lipt_export.runtime.trt import engine_runtime_status
 from lipt_export.validation.bench import interleaved_stats
 from lipt_export.validation.datasets import open_dataset
 from lipt_export.validation.evaluate import EvalTarget, evaluate
@@ -54,11 +54,6 @@ from lipt_export.validation.verify import load_golden
 log = logging.getLogger(__name__)
 PROTOCOLS = ("fixed", "paper", "ntire")
 PAPER_OUTPUT_HW = (720, 1280)
-
-
-def installed_runtimes() -> List[str]:
-    """Every CPU runtime name this installation can run (OpenVINO's when it is installed)."""
-    return ["onnxruntime"] + (["openvino-f32", "openvino-bf16"] if openvino_status()[0] else [])
 
 
 def peak_gflops(seconds: float = 0.5, threads: Optional[int] = None) -> float:
@@ -109,12 +104,13 @@ def _inputs(protocol: str, sizes: Sequence[Tuple[int, int]], scale: int, dataset
             for s in open_dataset(dataset, scale)]
 
 
-def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxruntime",), protocol: str = "fixed",
+def run_benchmark(export_dir: str | Path, *, runtimes: Optional[Sequence[str]] = None, protocol: str = "fixed",
                   sizes: Sequence[Tuple[int, int]] = (), dataset: Optional[str] = None, threads: Optional[int] = None,
                   runs: int = 5, warmup: int = 1, eager: bool = True, progress: bool = True) -> Dict[str, Any]:
     """The bench command as a function: {"rows": [...], "protocol", "inputs", "peak_gflops_fp32", "load_avg"}."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not '{protocol}'")
+    runtimes = list(runtimes) if runtimes else installed_cpu_runtimes()
     for rt in runtimes:
         check_runtime(rt)
     man = read_manifest(export_dir)
@@ -151,7 +147,7 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Sequence[str] = ("onnxrun
         for entry in man.artifacts:
             if entry.format != "onnx":
                 ok, why = engine_runtime_status(entry)
-                rows[entry.path] = {"row": entry.path, "runtime": engine_runtime(entry),
+                rows[entry.path] = {"row": entry.path, "runtime": entry.engine.runtime,
                                     "precision": entry.precision, "skipped": why if not ok else "engines: use verify"}
                 continue
             path = onnx_paths[entry.path]

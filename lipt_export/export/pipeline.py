@@ -1,7 +1,15 @@
-"""The export pipeline: model -> deploy graph -> ONNX -> simplified -> precision variants -> lint -> engines ->
-parity -> manifest. Each stage is a plain function (below or in its own module); :func:`run_export` only
-composes them, each timed and logged by :class:`Stages`, and makes the result atomic: everything is written to
-a temp directory that replaces the output folder only when the export is complete.
+"""The export pipeline; :func:`run_export` only composes its stages, each a plain function timed and logged by
+:class:`Stages`, in this order:
+
+1. model: build the training graph, load the checkpoint (or demo weights), reparameterize, float64 check;
+2. onnx, simplify: ``model.onnx`` (dynamic H/W); with engines to build, the profile's max shape is checked on it
+   at once (engines/shapes.py);
+3. fp16, int8: the precision variants (export/precision/);
+4. parity: every ONNX file against the eager deploy graph, under the gates of validation/parity.py;
+5. lint; golden.npz; runtime: the CPU runtime choice per file and whether INT8 earns its place;
+6. engine: TensorRT / TensorRT-RTX engines (engines/tensorrt.py: backend resolution, audit against the precision
+   claims, builds);
+7. manifest.json and report.md, then the staged folder replaces the output folder (fileio.staged_dir).
 
 Stages pass :class:`~lipt_export.manifest.ArtifactEntry` values (path relative to the export directory,
 format, precision, sha256, details) and add details with ``with_details``.
@@ -11,7 +19,6 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -19,25 +26,25 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import onnx
 import torch
 
-from lipt_export.catalog import DEFAULT_OPSET, check_opset, family
-from lipt_export.engines.audit import COMPUTE_OPS
+from lipt_export.catalog import (CALIB_COUNT, CALIB_METHOD, CALIB_METHODS, CALIB_SIZE, DEFAULT_OPSET,
+                                 DEFAULT_PARITY_SIZES, DEFAULT_SCALE, EXPORT_BACKENDS, MAX_PSNR_DROP_DB,
+                                 artifact_name, check_opset, family)
+from lipt_export.engines.audit import precision_claims
 from lipt_export.engines.shapes import check_max_shape
-from lipt_export.engines.tensorrt import EngineOptions, build_engines_for_export
+from lipt_export.engines.tensorrt import EngineOptions, build_engines_for_export, resolve_engine_backend
 from lipt_export.errors import ExportError
 from lipt_export.export.lint import lint_onnx
 from lipt_export.export.onnx_export import export_onnx, node_count
-from lipt_export.export.precision.calibration.ranges import METHODS as CALIB_METHODS
-from lipt_export.export.precision.fp16 import convert_fp16
-from lipt_export.export.precision.int8 import quantize_int8, quantized_nodes
+from lipt_export.export.precision.fp16 import Fp16Options, convert_fp16
+from lipt_export.export.precision.int8 import quantize_int8
 from lipt_export.export.simplify import simplify_onnx
 from lipt_export.export.summary import render_report
-from lipt_export.fileio import (dead_owner_temps, disk_full, exclusive_lock, replace_dir, save_atomic, sha256_file,
-                                temp_prefix, writable_dir_problem, write_text_atomic)
-from lipt_export.images import IMAGE_SUFFIXES, image_size, list_images
-from lipt_export.manifest import (REPORT_NAME, ArtifactEntry, Manifest, ModelInfo, embed_onnx_metadata,
+from lipt_export.fileio import (disk_full, exclusive_lock, save_atomic, sha256_file, staged_dir, writable_dir_problem,
+                                write_text_atomic)
+from lipt_export.images import check_image_folder
+from lipt_export.manifest import (REPORT_NAME, ArtifactEntry, Manifest, ModelInfo, Parity, embed_onnx_metadata,
                                   replaceable_problem, write_manifest)
 from lipt_export.models.checkpoint import check_checkpoint_file
 from lipt_export.models.io import UnitRangeIO
@@ -47,18 +54,14 @@ from lipt_export.models.reparam import is_deploy, reparameterize_model
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.loader import io_contract_for
 from lipt_export.runtime.ort import OnnxRuntimeRunner
-from lipt_export.runtime.trt import tensorrt_rtx_status, tensorrt_status
 from lipt_export.validation.extras import parity_extras_for
 from lipt_export.validation.inputs import natural_inputs
-from lipt_export.validation.parity import (FP32_REL_L2_LIMIT, Parity, compare, fp32_parity_ok, precision_flag,
-                                          rel_l2)
+from lipt_export.validation.parity import compare, gate_parity, rel_l2
 from lipt_export.validation.runtime_choice import int8_recommendation, measure_export_choices
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PARITY_SIZES: Tuple[Tuple[int, int], ...] = ((64, 64), (37, 51))
 SIMPLIFIERS = ("auto", "onnxsim", "onnxslim", "none")
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
 GOLDEN_NAME = "golden.npz"
 
 
@@ -68,7 +71,7 @@ class ExportConfig:
 
     model: str = "lipt"
     variant: Optional[str] = None  # None: as the checkpoint says (else the family's default variant)
-    scale: int = 4
+    scale: int = DEFAULT_SCALE
     weights: Optional[str] = None
     config: Optional[str] = None  # the official config file the checkpoint was trained with (LIPT .yml, ...)
     arch_options: Dict[str, str] = field(default_factory=dict)  # e.g. {"attention": "public"} for AgileIR
@@ -86,10 +89,10 @@ class ExportConfig:
     int8: bool = False
     calib: Optional[str] = None
     calib_lr: bool = False
-    calib_count: int = 32
-    calib_size: int = 64
-    calib_method: str = "minmax"
-    max_psnr_drop: float = 0.10
+    calib_count: int = CALIB_COUNT
+    calib_size: int = CALIB_SIZE
+    calib_method: str = CALIB_METHOD
+    max_psnr_drop: float = MAX_PSNR_DROP_DB
     # engines: auto = TensorRT with a GPU, else TensorRT-RTX ahead of time, else ONNX only
     backend: str = "auto"
     engine: EngineOptions = field(default_factory=EngineOptions)
@@ -104,8 +107,8 @@ class ExportConfig:
         """Every check that needs no model: wrong values fail here, before any heavy work."""
         if self.simplify not in SIMPLIFIERS:
             raise ExportError(f"unknown simplifier '{self.simplify}'; choose one of {', '.join(SIMPLIFIERS)}")
-        if self.backend not in BACKENDS:
-            raise ExportError(f"unknown backend '{self.backend}'; choose one of {', '.join(BACKENDS)}")
+        if self.backend not in EXPORT_BACKENDS:
+            raise ExportError(f"unknown backend '{self.backend}'; choose one of {', '.join(EXPORT_BACKENDS)}")
         if len(self.parity_sizes) < 2:
             raise ExportError("parity needs at least two --parity-size values (one not a multiple of the window), "
                               "e.g. --parity-size 64x64 --parity-size 37x51")
@@ -131,16 +134,17 @@ class ExportConfig:
             raise ExportError(f"cannot write exports to --out {self.out}: {problem}; pass a writable folder")
         if self.weights is not None:
             check_checkpoint_file(self.weights)
-        for flag, folder in (("--calib", self.calib if self.int8 else None), ("--parity-images", self.parity_images)):
-            if folder is None:
-                continue
-            if not Path(folder).is_dir():
-                raise ExportError(f"{flag} {folder} is not a folder; pass a folder of images")
-            found = list_images(folder)
-            if not found:
-                raise ExportError(f"{flag} {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); add some")
-            for image in found:
-                image_size(image)  # unreadable or truncated: one line naming it, before any model work
+        if self.fp16:
+            self.fp16_options().validate()
+        if self.int8:
+            check_image_folder(self.calib, "--calib")
+        if self.parity_images is not None:
+            check_image_folder(self.parity_images, "--parity-images")
+
+    def fp16_options(self) -> Fp16Options:
+        """FP16's own options: the activation ranges for its FP32 islands come from --calib (when given) at
+        --calib-size, else from synthetic images."""
+        return Fp16Options(images=self.calib, patch_size=self.calib_size, io_fp16=self.fp16_io)
 
 
 @dataclass
@@ -167,40 +171,6 @@ class Stages:
 
 
 # -- stages ----------------------------------------------------------------------------------------------
-
-def resolve_backend(backend: str) -> Tuple[str, str]:
-    """(engine backend this machine will use, why). Fails at once when a TensorRT is asked for and missing."""
-    if backend == "onnxruntime":
-        return backend, "--backend onnxruntime: ONNX artifacts only"
-    trt_ok, trt_why = tensorrt_status()
-    rtx_ok, rtx_why = tensorrt_rtx_status()
-    if backend == "tensorrt":
-        if not trt_ok:
-            raise ExportError(trt_why)
-        return backend, "--backend tensorrt: TensorRT with this machine's GPU"
-    if backend == "tensorrt-rtx":
-        if not rtx_ok:
-            raise ExportError(rtx_why)
-        return backend, "--backend tensorrt-rtx: TensorRT-RTX, ahead of time"
-    if trt_ok:
-        return "tensorrt", "auto: TensorRT and a CUDA GPU are available"
-    if rtx_ok:
-        return "tensorrt-rtx", "auto: no datacenter TensorRT with a CUDA GPU here; TensorRT-RTX builds ahead of time"
-    return "onnxruntime", "auto: neither TensorRT with a GPU nor TensorRT-RTX here; ONNX artifacts only"
-
-
-def precision_claims(root: Path, entry: ArtifactEntry) -> Dict[str, Optional[set]]:
-    """What the precision stages recorded about an ONNX artifact, for the engine's precision audit: compute
-    nodes that run in FP32 (fp16: exactly the recorded FP32 islands) and in INT8 (int8: exactly the Q/DQ'd
-    nodes, the recorded float fallbacks excluded). None = no claim."""
-    if entry.precision == "fp16":
-        islands = {i["node"] for i in entry.get("fp16_islands") or [] if i.get("op") in COMPUTE_OPS}
-        return {"fp32": islands, "int8": set()}
-    if entry.precision == "int8":
-        return {"int8": {n.name for n in quantized_nodes(onnx.load(str(root / entry.path)))}, "fp32": None,
-                "fp16": set()}
-    return {"fp16": set(), "int8": set()}
-
 
 def write_golden(tmp_dir: Path, inputs: Sequence[np.ndarray], reference: TorchRunner) -> Dict[str, object]:
     """golden.npz: the parity inputs and the eager model's outputs, for `lipt-export verify` anywhere later."""
@@ -246,7 +216,7 @@ def onnx_stage(wrapped: torch.nn.Module, tmp_dir: Path, cfg: ExportConfig, size_
 
 def simplify_stage(raw: Path, tmp_dir: Path, tool: str) -> Tuple[Path, Dict[str, object]]:
     """``model.onnx`` from the raw export (simplified unless ``tool`` is "none"); returns (path, info)."""
-    fp32_path = tmp_dir / "model.onnx"
+    fp32_path = tmp_dir / artifact_name("onnx", "fp32")
     if tool == "none":
         shutil.copyfile(raw, fp32_path)
         simp = {"tool": "none", "nodes_before": node_count(raw), "nodes_after": node_count(raw)}
@@ -257,18 +227,19 @@ def simplify_stage(raw: Path, tmp_dir: Path, tool: str) -> Tuple[Path, Dict[str,
     return fp32_path, simp
 
 
-def fp16_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig) -> ArtifactEntry:
-    path = tmp_dir / "model.fp16.onnx"
-    size = max(cfg.calib_size, manifest.io.multiple_of)
+def fp16_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, options: Fp16Options, seed: int = 0
+               ) -> ArtifactEntry:
+    path = tmp_dir / artifact_name("onnx", "fp16")
+    size = max(options.patch_size, manifest.io.multiple_of)
     # activation ranges for the FP32 islands: the calibration images when given, else synthetic inputs
-    calib_inputs = natural_inputs([(size, size)] * 4, cfg.calib, seed=cfg.seed + 1)
-    details = convert_fp16(fp32_path, path, calib_inputs=calib_inputs, keep_io_fp32=not cfg.fp16_io)
+    calib_inputs = natural_inputs([(size, size)] * options.count, options.images, seed=seed + 1)
+    details = convert_fp16(fp32_path, path, calib_inputs=calib_inputs, keep_io_fp32=not options.io_fp16)
     embed_onnx_metadata(path, manifest, {"precision": "fp16"})
     return ArtifactEntry.for_file(path, tmp_dir, fmt="onnx", precision="fp16", nodes=node_count(path), **details)
 
 
 def int8_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig) -> ArtifactEntry:
-    path = tmp_dir / "model.int8.onnx"
+    path = tmp_dir / artifact_name("onnx", "int8")
     details = quantize_int8(fp32_path, path, calib_dir=cfg.calib, calib_lr=cfg.calib_lr, count=cfg.calib_count,
                             size=cfg.calib_size, method=cfg.calib_method, scale=cfg.scale,
                             max_psnr_drop=cfg.max_psnr_drop, cache_dir=Path(cfg.out) / ".calib-cache")
@@ -291,16 +262,8 @@ def parity_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry], prepared: Prep
     if extras is not None:
         for e, par in zip(entries, results):
             par.extra.update(extras(prepared.deploy, tmp_dir / e.path, inputs))
-    fp32 = results[0]
-    if not fp32_parity_ok(fp32.rel_l2, fp32.finite):
-        raise ExportError(f"fp32 ONNX does not match the eager model: rel-L2 {fp32.rel_l2:.2e} > "
-                          f"{FP32_REL_L2_LIMIT:.0e} (max |err| {fp32.max_abs:.2e}); no artifact written")
-    for par in results[1:]:
-        if not par.finite:
-            raise ExportError(f"{par.artifact} produces inf/NaN on natural inputs; no artifact written")
     out = []
-    for e, par in zip(entries, results):
-        flag = precision_flag(par)
+    for e, par, flag in zip(entries, results, gate_parity(results)):
         if flag:
             logger.warning(f"{e.path} is flagged: {flag}")
         out.append(e.with_details(parity=par.as_dict(), **({"flag": flag} if flag else {})))
@@ -331,7 +294,7 @@ def run_export(cfg: ExportConfig) -> ExportResult:
     cfg = replace(cfg, engine=cfg.engine.for_model(spec))  # --shapes unset: the family's default profile
     if cfg.variant is not None or not cfg.weights:
         resolve_variant(spec, cfg.variant, cfg.scale)  # a bad --variant/--scale fails before any work
-    engine_backend, backend_why = resolve_backend(cfg.backend)  # fails fast when a TensorRT is missing
+    engine_backend, backend_why = resolve_engine_backend(cfg.backend)  # fails fast when a TensorRT is missing
     if engine_backend != "onnxruntime":
         cfg.engine.validate(engine_backend)  # bad --shapes/--batch/--compute-capabilities fail before any work
     out_root = Path(cfg.out)
@@ -381,66 +344,66 @@ def _busy(lock: Path, pid: int) -> ExportError:
 def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, reparam_err: Optional[float],
                  stage: Stages, final_dir: Path, engine_backend: str, backend_why: str) -> ExportResult:
     """Every stage after the model, into a temp folder that replaces ``final_dir`` when complete."""
-    arch, name, out_root = prepared.arch, final_dir.name, final_dir.parent
-    for stale in dead_owner_temps(out_root, f".{name}.tmp-"):  # a killed export's (we hold the lock)
-        shutil.rmtree(stale, ignore_errors=True)
-        logger.info(f"removed {stale.name}, the temp folder of an export that was killed")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(f".{name}.tmp-"), dir=str(out_root)))
+    arch, out_root = prepared.arch, final_dir.parent
+
+    def stale(path: Path) -> None:  # we hold the lock: its owner is a killed export
+        logger.info(f"removed {path.name}, the temp folder of an export that was killed")
+
     try:
-        wrapped = UnitRangeIO(prepared.deploy, spec.rgb_range).eval()
-        with stage("onnx"):
-            raw, exporter = onnx_stage(wrapped, tmp_dir, cfg, arch.size_multiple)
-        with stage("simplify"):
-            fp32_path, simplifier = simplify_stage(raw, tmp_dir, cfg.simplify)
-        max_shape = None
-        if engine_backend != "onnxruntime":  # a profile this graph cannot hold fails now, not after parity
-            max_shape = check_max_shape(fp32_path, cfg.engine.profile())
-        model_info = ModelInfo(spec.name, arch.variant, cfg.scale, {
-            "description": spec.description, "params_deploy": sum(p.numel() for p in prepared.deploy.parameters()),
-            "native_rgb_range": spec.rgb_range, "weights": prepared.weights, "architecture": arch.to_dict(),
-            "reparam_rel_l2_fp64": reparam_err})
-        manifest = Manifest.new(model=model_info, io=io_contract_for(spec, arch),
-                                export={**exporter, "simplifier": simplifier})
-        embed_onnx_metadata(fp32_path, manifest)
-        entries = [ArtifactEntry.for_file(fp32_path, tmp_dir, fmt="onnx", precision="fp32",
-                                          nodes=node_count(fp32_path))]
-        if cfg.fp16:
-            with stage("fp16"):
-                entries.append(fp16_stage(fp32_path, tmp_dir, manifest, cfg))
-        if cfg.int8:
-            with stage("int8"):
-                entries.append(int8_stage(fp32_path, tmp_dir, manifest, cfg))
-        parity_inputs = natural_inputs(cfg.parity_sizes, cfg.parity_images, seed=cfg.seed)
-        with stage("parity"):
-            entries, results, reference = parity_stage(tmp_dir, entries, prepared, spec, parity_inputs)
-        if cfg.lint:
-            with stage("lint"):
-                entries = lint_stage(tmp_dir, entries)
-        golden = write_golden(tmp_dir, parity_inputs, reference)
-        with stage("runtime"):  # the fastest CPU execution of each ONNX file within budget, for `--runtime auto`
-            runtime_choice = measure_export_choices(tmp_dir, entries, parity_inputs, cfg.scale)
-            entries = int8_speed_stage(tmp_dir, entries, parity_inputs)
-        engines: List[ArtifactEntry] = []
-        if engine_backend != "onnxruntime":
-            with stage("engine"):
-                engines = build_engines_for_export(tmp_dir, entries, manifest, cfg.engine, parity_inputs, reference,
-                                                   flavor=engine_backend, max_shape=max_shape,
-                                                   claims=lambda e: precision_claims(tmp_dir, e))
-        manifest = replace(manifest.with_artifacts([*entries, *engines]), golden=golden,
-                           runtime_choice=runtime_choice).with_export(
-            engines={"backend": engine_backend, "why": backend_why},
-            timings_s={k: round(v, 3) for k, v in stage.timings.items()})
-        write_manifest(tmp_dir, manifest)
-        write_text_atomic(tmp_dir / REPORT_NAME, render_report(manifest))
-        check_target(final_dir, cfg.overwrite)  # files dropped into the old export meanwhile are not lost either
-        replace_dir(tmp_dir, final_dir)
-    except BaseException as exc:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        if disk_full(exc):
-            done = ", ".join(stage.timings) or "none"
-            raise ExportError(f"disk full while writing {exc.filename or tmp_dir} ({exc.strerror}); stages finished: "
-                              f"{done}; nothing was written to {final_dir} (the temp folder is removed): free space "
-                              f"under {out_root} and export again") from None
-        raise
+        # files dropped into the old export meanwhile are not lost either: checked again before the swap
+        with staged_dir(final_dir, before_swap=lambda: check_target(final_dir, cfg.overwrite),
+                        on_stale=stale) as tmp_dir:
+            wrapped = UnitRangeIO(prepared.deploy, spec.rgb_range).eval()
+            with stage("onnx"):
+                raw, exporter = onnx_stage(wrapped, tmp_dir, cfg, arch.size_multiple)
+            with stage("simplify"):
+                fp32_path, simplifier = simplify_stage(raw, tmp_dir, cfg.simplify)
+            max_shape = None
+            if engine_backend != "onnxruntime":  # a profile this graph cannot hold fails now, not after parity
+                max_shape = check_max_shape(fp32_path, cfg.engine.profile())
+            model_info = ModelInfo(spec.name, arch.variant, cfg.scale, {
+                "description": spec.description, "params_deploy": sum(p.numel() for p in prepared.deploy.parameters()),
+                "native_rgb_range": spec.rgb_range, "weights": prepared.weights, "architecture": arch.to_dict(),
+                "reparam_rel_l2_fp64": reparam_err})
+            manifest = Manifest.new(model=model_info, io=io_contract_for(spec, arch),
+                                    export={**exporter, "simplifier": simplifier})
+            embed_onnx_metadata(fp32_path, manifest)
+            entries = [ArtifactEntry.for_file(fp32_path, tmp_dir, fmt="onnx", precision="fp32",
+                                              nodes=node_count(fp32_path))]
+            if cfg.fp16:
+                with stage("fp16"):
+                    entries.append(fp16_stage(fp32_path, tmp_dir, manifest, cfg.fp16_options(), cfg.seed))
+            if cfg.int8:
+                with stage("int8"):
+                    entries.append(int8_stage(fp32_path, tmp_dir, manifest, cfg))
+            parity_inputs = natural_inputs(cfg.parity_sizes, cfg.parity_images, seed=cfg.seed)
+            with stage("parity"):
+                entries, results, reference = parity_stage(tmp_dir, entries, prepared, spec, parity_inputs)
+            if cfg.lint:
+                with stage("lint"):
+                    entries = lint_stage(tmp_dir, entries)
+            golden = write_golden(tmp_dir, parity_inputs, reference)
+            with stage("runtime"):  # the fastest CPU execution of each ONNX file within budget, for `--runtime auto`
+                runtime_choice = measure_export_choices(tmp_dir, entries, parity_inputs, cfg.scale)
+                entries = int8_speed_stage(tmp_dir, entries, parity_inputs)
+            engines: List[ArtifactEntry] = []
+            if engine_backend != "onnxruntime":
+                with stage("engine"):
+                    engines = build_engines_for_export(tmp_dir, entries, manifest, cfg.engine, parity_inputs,
+                                                       reference, flavor=engine_backend, max_shape=max_shape,
+                                                       claims=lambda e: precision_claims(tmp_dir / e.path, e))
+            manifest = replace(manifest.with_artifacts([*entries, *engines]), golden=golden,
+                               runtime_choice=runtime_choice).with_export(
+                engines={"backend": engine_backend, "why": backend_why},
+                timings_s={k: round(v, 3) for k, v in stage.timings.items()})
+            write_manifest(tmp_dir, manifest)
+            write_text_atomic(tmp_dir / REPORT_NAME, render_report(manifest))
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        done = ", ".join(stage.timings) or "none"
+        raise ExportError(f"disk full while writing {exc.filename or out_root} ({exc.strerror}); stages finished: "
+                          f"{done}; nothing was written to {final_dir} (the temp folder is removed): free space "
+                          f"under {out_root} and export again") from None
     return ExportResult(out_dir=final_dir, manifest=replace(manifest, root=final_dir), timings=stage.timings,
                         parity=results)

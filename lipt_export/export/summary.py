@@ -5,9 +5,9 @@ import json
 from typing import Any, List
 
 from lipt_export.export.precision.int8 import report_lines
+from lipt_export.catalog import PRECISIONS
 from lipt_export.manifest import Manifest
 from lipt_export.report import format_table
-from lipt_export.runtime.trt import engine_runtime_label
 
 ARTIFACT_HEADER = ("artifact", "precision", "nodes", "size", "rel-L2", "PSNR dB", "lint")
 ENGINE_HEADER = ("engine", "runtime", "targets", "build s", "compute layers", "fp32 / fp16 / int8", "parity")
@@ -20,31 +20,27 @@ def _fmt_db(v: Any) -> str:
 def summary_rows(manifest: Manifest) -> List[List[str]]:
     rows = []
     for a in manifest.artifacts:
-        par = a.get("parity")
-        par = par if isinstance(par, dict) else {}  # an engine built ahead of time: "pending: ..."
-        lint = a.get("lint")
-        rows.append([a.path, a.precision, str(a.get("nodes", "-")), f"{a.bytes / 1e6:.2f} MB",
-                     "-" if not par else f"{par['rel_l2']:.1e}", _fmt_db(par.get("psnr_db")),
-                     lint.get("status", "-") if isinstance(lint, dict) else "-"])
+        par = a.parity  # None for an engine built ahead of time ("pending")
+        rows.append([a.path, a.precision, str(a.nodes if a.nodes is not None else "-"), f"{a.bytes / 1e6:.2f} MB",
+                     "-" if par is None else f"{par.rel_l2:.1e}", _fmt_db(par.psnr_db if par else None),
+                     a.lint.status if a.lint else "-"])
     return rows
 
 
 def flag_lines(manifest: Manifest) -> List[str]:
     """One line per flagged artifact (shipped, but far from the eager model)."""
-    return [f"FLAGGED {a.path}: {a.get('flag')}" for a in manifest.artifacts if a.get("flag")]
+    return [f"FLAGGED {a.path}: {a.flag}" for a in manifest.artifacts if a.flag]
 
 
 def engine_rows(manifest: Manifest) -> List[List[str]]:
     rows = []
     for e in manifest.select("tensorrt"):
-        audit = e.get("precision_audit") or {}
-        sh = audit.get("shares") or {}
-        par = e.get("parity")
-        parity = par.split(":", 1)[0] if isinstance(par, str) else f"{par.get('psnr_db', 0):.1f} dB"
-        rows.append([e.path, engine_runtime_label(e),
-                     ",".join(e.get("compute_capabilities") or []), f"{e.get('build_s', 0):.1f}",
-                     str(audit.get("compute_layers", "-")),
-                     " / ".join(f"{100 * sh.get(k, 0):.0f}%" for k in ("fp32", "fp16", "int8")), parity])
+        engine = e.engine
+        shares = engine.audit.shares if engine.audit else {}
+        parity = e.parity_pending.split(":", 1)[0] if e.parity_pending else f"{e.parity.psnr_db:.1f} dB"
+        rows.append([e.path, engine.label, ",".join(engine.compute_capabilities), f"{engine.build_s:.1f}",
+                     str(engine.audit.compute_layers if engine.audit else "-"),
+                     " / ".join(f"{100 * shares.get(k, 0):.0f}%" for k in PRECISIONS), parity])
     return rows
 
 
@@ -66,27 +62,25 @@ def render_report(manifest: Manifest) -> str:
     if manifest.select("tensorrt"):
         lines += ["## Engines (precision audit: compute layers by precision)", "",
                   format_table(ENGINE_HEADER, engine_rows(manifest), markdown=True), ""]
-    for a in d["artifacts"]:
-        if a.get("parity_vs_train_graph"):
-            t = a["parity_vs_train_graph"]
-            lines += [f"{a['path']} vs the eager *training* graph (before reparameterization): rel-L2 "
-                      f"{t['rel_l2']:.1e}, max |err| {t['max_abs']:.1e}, PSNR {_fmt_db(t['psnr_db'])} dB", ""]
-    sizes = {tuple(map(tuple, a["parity"]["sizes"])) for a in d["artifacts"] if isinstance(a.get("parity"), dict)}
+    for a in manifest.artifacts:
+        t = a.parity_vs_train_graph
+        if t is not None:
+            lines += [f"{a.path} vs the eager *training* graph (before reparameterization): rel-L2 "
+                      f"{t.rel_l2:.1e}, max |err| {t.max_abs:.1e}, PSNR {_fmt_db(t.psnr_db)} dB", ""]
+    sizes = {tuple(map(tuple, a.parity.sizes)) for a in manifest.artifacts if a.parity is not None}
     if sizes:
         lines += [f"Parity input sizes (LR HxW): {', '.join(f'{h}x{w}' for h, w in sorted(sizes)[0])}", ""]
-    for a in d["artifacts"]:
-        if a.get("fp16_islands"):
-            lines += [f"### FP32 islands in {a['path']}", "",
+    for a in manifest.artifacts:
+        if a.fp16 and a.fp16.islands:
+            lines += [f"### FP32 islands in {a.path}", "",
                       format_table(("node", "op", "observed max |x|"),
-                                   [[i["node"], i["op"], f"{i['max_abs']:.3g}"] for i in a["fp16_islands"]],
-                                   markdown=True), ""]
-        if a.get("int8"):
+                                   [[i.node, i.op, f"{i.max_abs:.3g}"] for i in a.fp16.islands], markdown=True), ""]
+        if a.int8:
             lines += report_lines(a)
-        if isinstance(a.get("lint"), dict) and a["lint"].get("findings"):
-            lines += [f"### Lint findings for {a['path']}", "",
+        if a.lint and a.lint.findings:
+            lines += [f"### Lint findings for {a.path}", "",
                       format_table(("severity", "node", "reason"),
-                                   [[f["severity"], f["node"], f["reason"]] for f in a["lint"]["findings"]],
-                                   markdown=True), ""]
+                                   [[f.severity, f.node, f.reason] for f in a.lint.findings], markdown=True), ""]
     lines += ["## Stage timings", "",
               format_table(("stage", "seconds"), [[k, f"{v:.2f}"] for k, v in ex.get("timings_s", {}).items()],
                            markdown=True), ""]

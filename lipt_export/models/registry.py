@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch.nn as nn
 
 from lipt_export.catalog import FAMILIES
+from lipt_export.tiling import RECOMMENDED_TILE
 from lipt_export.errors import ModelError
 
 
@@ -33,7 +34,7 @@ class ModelSpec:
     size_multiple: Callable[[str], int] = lambda variant: 1
     min_size: int = 1
     # LR tile (pixels) recommended for tiled serving; `tile_required` = run tiled by default (ESRT).
-    recommended_tile: int = 256
+    recommended_tile: int = RECOMMENDED_TILE
     tile_required: bool = False
     # Engines default to one static profile at recommended_tile (TensorRT builds this family's dynamic-shape
     # graph far slower; served inputs are tiled/padded to the profile anyway). --shapes overrides.

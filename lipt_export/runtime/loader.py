@@ -1,41 +1,37 @@
-"""The Python serving API: ``load_runner(path)`` picks the right runner for an artifact.
+"""Opening what will run: ``open_artifact(path)`` resolves an export directory (or its ``manifest.json``), a
+``.onnx`` file, a ``.engine`` file (checked against its sidecar manifest) or a PyTorch checkpoint to one checked
+:class:`Artifact`, and :func:`runner_for` builds the runner for it on a named execution. Which execution and which
+tiling is :mod:`lipt_export.runtime.resolve`'s job; ``lipt_export.load_runner`` composes the three (open -> resolve
+-> run).
 
-``path`` may be an export directory or its ``manifest.json`` (the fp32 ONNX by default, ``precision=`` to
-choose; a TensorRT engine of that precision when ``backend`` is ``tensorrt``, or ``auto`` with TensorRT
-usable), a ``.onnx`` file, a ``.engine`` file (checked against its sidecar manifest) or a PyTorch checkpoint
-(``model=``, ``variant=``, ``scale=`` required; runs the reparameterized deploy graph eagerly).
-
-Every runner has ``infer(lr) -> sr`` on float32 NCHW [0, 1] arrays plus ``name``/``precision``/``device``
-(:mod:`lipt_export.runtime.base`), and ``artifact`` (:class:`Artifact`) describing what it runs. ``tile=``
-wraps it in a :class:`~lipt_export.runtime.tiling.TiledRunner` as the model's :class:`TilingPolicy` resolves
-it; models whose manifest says tiling is required (ESRT) are tiled by default.
-
-Export directories are opened through :func:`lipt_export.manifest.read_manifest` only, and every file is
-checked (inside the directory, sha256 as recorded) before it is used.
+Export directories are opened through :func:`lipt_export.manifest.read_manifest` only, and every file is checked
+(inside the directory, sha256 as recorded) before it is used. Which artifact of an export runs is decided by
+:func:`select_entry`, the one rule for every consumer: ``auto`` takes an engine of the precision that the consumer
+can run (this machine: its TensorRT and GPU; a Triton server: datacenter TensorRT plans only), else the ONNX file.
 """
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
 
+from lipt_export.catalog import SERVING_BACKENDS
 from lipt_export.errors import ArtifactError, ManifestError
 from lipt_export.manifest import (MANIFEST_NAME, ArtifactEntry, IOContract, Manifest, ModelInfo, onnx_manifest,
                                   onnx_precision, read_manifest)
 from lipt_export.runtime.base import Runner
 from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.openvino import OV_PRECISIONS, OpenVinoRunner, check_runtime
-from lipt_export.runtime.ort import OnnxRuntimeRunner, ort_providers
-from lipt_export.runtime.tiling import PadToMin, TiledRunner, TilingPolicy
+from lipt_export.runtime.ort import OnnxRuntimeRunner
+from lipt_export.runtime.tiling import PadToMin
 from lipt_export.runtime.trt import engine_runtime_status, load_engine_runner
+from lipt_export.tiling import TilingPolicy
 
 if TYPE_CHECKING:  # types only: serving ONNX files must not import torch
     from lipt_export.models.arch import Architecture
     from lipt_export.models.registry import ModelSpec
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 ENGINE_SUFFIXES = (".engine", ".plan")
 
@@ -64,27 +60,42 @@ class Artifact:
 
     @property
     def tiling(self) -> TilingPolicy:
-        return TilingPolicy.from_io(self.io) if self.io else TilingPolicy()
+        return self.io.tiling if self.io else TilingPolicy()
 
 
-def choose_entry(manifest: Manifest, precision: Optional[str], backend: str) -> ArtifactEntry:
-    """The artifact of ``precision`` (default fp32) that ``backend`` should run, engines first where usable."""
+EngineCheck = Callable[[ArtifactEntry], Tuple[bool, str]]
+
+
+def runnable_here(entry: ArtifactEntry) -> Tuple[bool, str]:
+    """Whether this machine can run an engine: its TensorRT flavor, a CUDA GPU of a compute capability it was built
+    for (the reason when not)."""
+    return engine_runtime_status(entry)
+
+
+def select_entry(manifest: Manifest, precision: Optional[str] = None, backend: str = "auto",
+                 can_run: EngineCheck = runnable_here) -> ArtifactEntry:
+    """The artifact of ``precision`` (default fp32) a consumer runs: ``auto`` an engine ``can_run`` accepts, else
+    the ONNX file; ``tensorrt`` an engine or a one-line error saying why none can run; ``onnxruntime`` the ONNX
+    file. The one rule for every consumer (this machine by default; Triton passes its own ``can_run``)."""
+    if backend not in SERVING_BACKENDS:
+        raise ArtifactError(f"unknown backend '{backend}'; choose one of {', '.join(SERVING_BACKENDS)}")
     precision = precision or "fp32"
     onnx, engines = manifest.select("onnx", precision), manifest.select("tensorrt", precision)
-    root = manifest.root
-    if backend == "tensorrt" or (backend == "auto" and engines):
+    usable = [e for e in engines if can_run(e)[0]]
+    if backend == "tensorrt" or (backend == "auto" and usable):
+        if usable:
+            return usable[0]
         if engines:
-            runnable = [e for e in engines if engine_runtime_status(e)[0]]
-            if runnable or backend == "tensorrt":
-                return (runnable or engines)[0]  # the engine runner explains what is missing itself
-        elif backend == "tensorrt":
-            have = sorted(a.path for a in manifest.select("tensorrt"))
-            raise ArtifactError(f"{root} has no {precision} TensorRT engine (engines: {', '.join(have) or 'none'}); "
-                                f"export with --backend tensorrt on a GPU machine, or use --backend onnxruntime")
+            raise ArtifactError(can_run(engines[0])[1])
+        have = sorted(a.path for a in manifest.select("tensorrt"))
+        raise ArtifactError(f"{manifest.root} has no {precision} TensorRT engine (engines: "
+                            f"{', '.join(have) or 'none'}); export with --backend tensorrt on a GPU machine, or use "
+                            f"--backend onnxruntime")
     if onnx:
         return onnx[0]
     have = sorted({a.precision for a in manifest.select("onnx")})
-    raise ArtifactError(f"{root} has no {precision} ONNX artifact; available precisions: {', '.join(have) or 'none'}")
+    raise ArtifactError(f"{manifest.root} has no {precision} ONNX artifact; available precisions: "
+                        f"{', '.join(have) or 'none'}")
 
 
 def open_export(path: str | os.PathLike) -> Manifest:
@@ -95,15 +106,12 @@ def open_export(path: str | os.PathLike) -> Manifest:
 
 def open_artifact(path: str | os.PathLike, precision: Optional[str] = None, backend: str = "auto") -> Artifact:
     """Resolve ``path`` (export dir, manifest.json, .onnx, .engine, checkpoint) to one checked :class:`Artifact`."""
-    if backend not in BACKENDS:
-        raise ArtifactError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"no such artifact: {p} (pass an export directory, manifest.json, .onnx or .engine file)")
     if p.is_dir() or p.name == MANIFEST_NAME:
         man = open_export(p)
-        entry = choose_entry(man, precision, backend)
-        return checked_artifact(man, entry)
+        return checked_artifact(man, select_entry(man, precision, backend))
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         man, entry = _sidecar(p)
@@ -172,9 +180,9 @@ def _sidecar(path: Path) -> Tuple[Optional[Manifest], Optional[ArtifactEntry]]:
 def onnx_runner(path: str | os.PathLike, runtime: str = "onnxruntime", *, precision: str = "fp32",
                 threads: Optional[int] = None, name: Optional[str] = None,
                 providers: Optional[Sequence[Any]] = None, memory_arena: bool = True) -> Runner:
-    """One ONNX file on one runtime by name (:data:`lipt_export.runtime.openvino.RUNTIMES`); ``runner.runtime``
+    """One ONNX file on one runtime by name (:data:`lipt_export.catalog.CPU_RUNTIMES`); ``runner.runtime``
     says what executes it (for OpenVINO the precision it compiled for). ``providers``/``memory_arena`` are ONNX
-    Runtime's (default: CPU, arena on)."""
+    Runtime's (default: :func:`~lipt_export.runtime.ort.ort_providers`, arena on)."""
     check_runtime(runtime)
     if runtime in OV_PRECISIONS:
         return OpenVinoRunner(path, OV_PRECISIONS[runtime], name=name, precision=precision, threads=threads)
@@ -199,7 +207,7 @@ def runner_for(art: Artifact, *, providers: Optional[Sequence[str]] = None, thre
         raise ArtifactError(f"--runtime {runtime} runs ONNX artifacts; {art.path.name} is {art.format}")
     if art.format == "onnx":
         runner = onnx_runner(art.path, runtime, precision=art.precision, threads=threads, name=name,
-                             providers=ort_providers(providers))
+                             providers=providers)
         if art.io is not None:
             runner = padded_to_min_size(runner, art.io)
     elif art.format == "tensorrt":
@@ -235,26 +243,4 @@ def tiling_for(spec: "ModelSpec", arch: "Architecture") -> TilingPolicy:
 
 def io_contract_for(spec: "ModelSpec", arch: "Architecture") -> IOContract:
     """The I/O contract of every artifact exported from ``spec`` with architecture ``arch``."""
-    policy = tiling_for(spec, arch)
-    return IOContract(scale=arch.scale, multiple_of=policy.multiple_of, min_size=spec.min_size,
-                      recommended_tile=policy.recommended_tile, tile_overlap=policy.overlap,
-                      tile_required=policy.required)
-
-
-def load_runner(path: Any, precision: Optional[str] = None, backend: str = "auto", tile: Optional[int] = None,
-                overlap: Optional[int] = None, providers: Optional[Sequence[str]] = None,
-                threads: Optional[int] = None, model: Optional[str] = None, variant: Optional[str] = None,
-                scale: Optional[int] = None, name: Optional[str] = None, runtime: str = "onnxruntime") -> Runner:
-    """A ready runner for ``path`` (see the module doc). ``tile``: LR tile size (0 = whole images;
-    None = as the manifest says). ``overlap``: LR pixels shared by neighbouring tiles. ``runtime``: see
-    :func:`runner_for`."""
-    torch = sys.modules.get("torch")  # a module can only be passed if torch is loaded: never import it here
-    if torch is not None and isinstance(path, torch.nn.Module):
-        return TorchRunner(path, name=name or "eager")
-    art = open_artifact(path, precision=precision, backend=backend)
-    runner = runner_for(art, providers=providers, threads=threads, model=model, variant=variant, scale=scale,
-                        name=name, runtime=runtime)
-    wrapped = art.tiling.wrap(runner, art.scale, tile, overlap)
-    if isinstance(wrapped, TiledRunner):
-        wrapped.artifact = art
-    return wrapped
+    return IOContract(scale=arch.scale, tiling=tiling_for(spec, arch), min_size=spec.min_size)

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
+from lipt_export.catalog import CPU_RUNTIMES
 from lipt_export.errors import ArtifactError
 from lipt_export.runtime.base import Runner, default_threads
 from lipt_export.runtime.ort import runtime_message
 
-# --runtime values: the runtime, and for OpenVINO the inference precision, chosen explicitly
-RUNTIMES = ("onnxruntime", "openvino-f32", "openvino-bf16")
+# --runtime values (catalog.CPU_RUNTIMES): for OpenVINO the inference precision, chosen explicitly
 OV_PRECISIONS = {"openvino-f32": "f32", "openvino-bf16": "bf16"}
 
 
@@ -30,10 +30,15 @@ def openvino_status() -> Tuple[bool, str]:
     return True, "ok"
 
 
+def installed_cpu_runtimes() -> List[str]:
+    """The CPU runtimes of :data:`lipt_export.catalog.CPU_RUNTIMES` this machine has (ONNX Runtime always)."""
+    return [rt for rt in CPU_RUNTIMES if rt == "onnxruntime" or openvino_status()[0]]
+
+
 def check_runtime(runtime: str) -> None:
     """Raise a one-line error for an unknown or unavailable runtime name."""
-    if runtime not in RUNTIMES:
-        raise ArtifactError(f"unknown runtime '{runtime}': use one of {', '.join(RUNTIMES)}")
+    if runtime not in CPU_RUNTIMES:
+        raise ArtifactError(f"unknown runtime '{runtime}': use one of {', '.join(CPU_RUNTIMES)} (or auto)")
     if runtime.startswith("openvino"):
         ok, why = openvino_status()
         if not ok:

@@ -85,19 +85,16 @@ def runtime_message(exc: BaseException, limit: int = 220) -> str:
 
 
 class OnnxRuntimeRunner(Runner):
-    """ONNX Runtime session on the best available provider (CPU unless onnxruntime-gpu is installed)."""
+    """ONNX Runtime session on the best available provider (:func:`ort_providers`: CPU unless onnxruntime-gpu is
+    installed)."""
 
     runtime = "onnxruntime"
 
     def __init__(self, path: str | Path, name: Optional[str] = None, precision: str = "fp32",
                  providers: Optional[Sequence[Any]] = None, threads: Optional[int] = None, memory_arena: bool = True):
-        import onnxruntime as ort
-
         self.path = Path(path)
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort_session(self.path, threads=threads, providers=providers, memory_arena=memory_arena)
+        self.session = ort_session(self.path, threads=threads, providers=ort_providers() if providers is None
+                                   else providers, memory_arena=memory_arena)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.input_dtype = np.float16 if "float16" in self.session.get_inputs()[0].type else np.float32

@@ -15,9 +15,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -25,34 +24,10 @@ from lipt_export.errors import EngineError
 from lipt_export.fileio import sha256_file
 from lipt_export.manifest import ArtifactEntry, Manifest
 from lipt_export.runtime.base import Runner
-from lipt_export.runtime.tiling import ProfileFitRunner, TilingPolicy
+from lipt_export.runtime.tiling import ProfileFitRunner
 
 INSTALL_HINT = ("install TensorRT with `pip install -c constraints.txt -e .[trt]` (NVIDIA's wheels; needs "
                 "network access to NVIDIA's index) on a machine with an NVIDIA GPU and driver")
-
-
-@dataclass(frozen=True)
-class ProfileSpec:
-    """One optimization profile: LR H x W and batch, each as (min, opt, max)."""
-
-    min_hw: Tuple[int, int]
-    opt_hw: Tuple[int, int]
-    max_hw: Tuple[int, int]
-    batch: Tuple[int, int, int] = (1, 1, 1)
-    channels: int = 3
-
-    def shape(self, which: str) -> List[int]:
-        i = ("min", "opt", "max").index(which)
-        hw = (self.min_hw, self.opt_hw, self.max_hw)[i]
-        return [self.batch[i], self.channels, hw[0], hw[1]]
-
-    def as_dict(self, input_name: str = "lr") -> Dict[str, object]:
-        return {"input": input_name, **{k: self.shape(k) for k in ("min", "opt", "max")}}
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Sequence[int]]) -> "ProfileSpec":
-        mn, op, mx = d["min"], d["opt"], d["max"]
-        return cls((mn[2], mn[3]), (op[2], op[3]), (mx[2], mx[3]), (mn[0], op[0], mx[0]), mn[1])
 
 
 def tensorrt_status() -> Tuple[bool, str]:
@@ -86,18 +61,6 @@ def tensorrt_rtx_status() -> Tuple[bool, str]:
 
 FLAVORS = ("tensorrt", "tensorrt-rtx")
 _MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
-FLAVOR_NAMES = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
-
-
-def engine_runtime(entry: ArtifactEntry) -> str:
-    """Which TensorRT an engine entry was built with: "tensorrt" (datacenter) or "tensorrt-rtx"."""
-    return str(entry.get("runtime", "tensorrt"))
-
-
-def engine_runtime_label(entry: ArtifactEntry) -> str:
-    """The engine's runtime as people read it, e.g. "TensorRT-RTX 1.7.1.116" (every message names it so)."""
-    flavor = engine_runtime(entry)
-    return f"{FLAVOR_NAMES.get(flavor, flavor)} {entry.get('tensorrt_version') or '(version unknown)'}"
 
 
 def select_tensorrt(flavor: str):
@@ -173,10 +136,10 @@ class EngineRunner(Runner):
 def engine_runtime_status(entry: ArtifactEntry) -> Tuple[bool, str]:
     """(this machine can run the engine, why not): its TensorRT flavor importable, a CUDA GPU, and for
     TensorRT-RTX plans a compute capability the plan was built for."""
-    flavor = engine_runtime(entry)
-    if flavor != "tensorrt-rtx":
+    engine = entry.engine
+    if engine.runtime != "tensorrt-rtx":
         return tensorrt_status()
-    caps = list(entry.get("compute_capabilities") or [])
+    caps = list(engine.compute_capabilities)
     ok, why = tensorrt_rtx_status()
     if not ok:
         return False, why
@@ -194,7 +157,7 @@ def load_engine_runner(path: Path, entry: Optional[ArtifactEntry], manifest: Opt
                        name: Optional[str] = None, overlap: Optional[int] = None) -> Runner:
     """A runner for ``model.<precision>.engine`` after checking it against its manifest entry and this
     machine. Inputs outside the engine's profile are tiled (too large) or padded (too small)."""
-    if entry is None or manifest is None:
+    if not entry or manifest is None:  # nothing to check the plan against
         require_tensorrt()
         raise EngineError(f"{path} has no manifest entry; engines are loaded through their export directory")
     ok, why = engine_runtime_status(entry)
@@ -204,16 +167,14 @@ def load_engine_runner(path: Path, entry: Optional[ArtifactEntry], manifest: Opt
         path = manifest.artifact_path(entry)  # inside the export directory, sha256 as recorded
     elif sha256_file(path) != entry.sha256:
         raise EngineError(f"{path} does not match its manifest entry (sha256 differs); rebuild the engine")
-    flavor = engine_runtime(entry)
-    trt = select_tensorrt(flavor)
-    if flavor == "tensorrt":
+    engine = entry.engine
+    trt = select_tensorrt(engine.runtime)
+    if engine.datacenter:
         check_engine_compat(entry.to_dict(), current_environment())
-    elif entry.get("tensorrt_version") != trt.__version__:
-        raise EngineError(f"{path.name} was built with TensorRT-RTX {entry.get('tensorrt_version')}, this machine has "
+    elif engine.version != trt.__version__:
+        raise EngineError(f"{path.name} was built with {engine.label}, this machine has TensorRT-RTX "
                           f"{trt.__version__}; rebuild it or install that version")
-    io = manifest.io
-    profile = ProfileSpec.from_dict(entry.get("profile"))
+    io, profile = manifest.io, engine.profile
     raw = EngineRunner(path, io.input_name, io.output_name, name or path.name, entry.precision)
-    policy = TilingPolicy.from_io(io)
     return ProfileFitRunner(raw, io.scale, profile.min_hw, profile.max_hw, profile.batch[2],
-                            multiple_of=io.multiple_of, overlap=policy.overlap if overlap is None else int(overlap))
+                            multiple_of=io.multiple_of, overlap=io.tiling.overlap if overlap is None else int(overlap))

@@ -29,13 +29,13 @@ import numpy as np
 from lipt_export.errors import UpscaleError
 from lipt_export.fileio import dead_owner_temps, save_atomic, writable_dir_problem
 from lipt_export._version import __version__
+from lipt_export.catalog import IMAGE_SUFFIXES, UPSCALE_OUTPUT_SUFFIXES
 from lipt_export.images import (EXIF_SOFTWARE, SOFTWARE_MARK, CodedRGB, PngWriter, list_images, load_image,
                                  written_by_upscale)
 from lipt_export.runtime.spill import infer_rows_spilled
 
-WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")  # what PIL reads and writes here
-INPUT_SUFFIXES = WRITABLE_SUFFIXES + (".gif",)  # a GIF's first frame is upscaled, written as PNG by default
-OUTPUT_SUFFIXES = WRITABLE_SUFFIXES + (".npy",)
+INPUT_SUFFIXES = IMAGE_SUFFIXES  # a GIF's first frame is upscaled, written as PNG by default
+OUTPUT_SUFFIXES = UPSCALE_OUTPUT_SUFFIXES
 UNMARKED_SUFFIXES = (".bmp", ".npy")  # outputs that cannot carry images.SOFTWARE_MARK
 PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
                ".tiff": "TIFF"}

@@ -17,7 +17,8 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from lipt_export.errors import DatasetError
-from lipt_export.images import IMAGE_SUFFIXES, image_size, list_images, read_rgb
+from lipt_export.catalog import IMAGE_SUFFIXES
+from lipt_export.images import image_size, list_images, read_rgb
 from lipt_export.validation.imresize import imresize
 from lipt_export.validation.metrics import crop_to_multiple
 

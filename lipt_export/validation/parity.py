@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from lipt_export.errors import ExportError
+from lipt_export.manifest import Parity
 from lipt_export.runtime.base import Runner
 from lipt_export.validation.metrics import psnr
 
@@ -53,25 +54,6 @@ def psnr_parity_ok(psnr_db: float, reference_psnr_db: float, finite: bool = True
 def rel_l2(out: np.ndarray, ref: np.ndarray) -> float:
     ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
     return float(np.linalg.norm(out64 - ref64) / max(np.linalg.norm(ref64), 1e-30))
-
-
-@dataclass
-class Parity:
-    """Worst case over all inputs of one candidate against the reference."""
-
-    artifact: str
-    precision: str
-    rel_l2: float
-    max_abs: float
-    psnr_db: float
-    sizes: List[List[int]]
-    finite: bool = True
-    extra: Dict[str, object] = field(default_factory=dict)
-
-    def as_dict(self) -> Dict[str, object]:
-        d = asdict(self)
-        d.update(d.pop("extra"))
-        return d
 
 
 def _as_polygraphy(runner: Runner, input_name: str):
@@ -132,3 +114,16 @@ def compare(reference: Runner, candidates: Sequence[Runner], inputs: Sequence[np
             psnr_db=min(psnr(o, r) for o, r in zip(outs, ref_out)),
             sizes=sizes, finite=finite))
     return report
+
+
+def gate_parity(results: Sequence[Parity]) -> List[Optional[str]]:
+    """The export's gates on :func:`compare` results (fp32 first): the fp32 file within FP32_REL_L2_LIMIT, every
+    file finite; raises :class:`ExportError` otherwise. Returns each file's :func:`precision_flag` (or None)."""
+    fp32 = results[0]
+    if not fp32_parity_ok(fp32.rel_l2, fp32.finite):
+        raise ExportError(f"fp32 ONNX does not match the eager model: rel-L2 {fp32.rel_l2:.2e} > "
+                          f"{FP32_REL_L2_LIMIT:.0e} (max |err| {fp32.max_abs:.2e}); no artifact written")
+    for par in results[1:]:
+        if not par.finite:
+            raise ExportError(f"{par.artifact} produces inf/NaN on natural inputs; no artifact written")
+    return [precision_flag(par) for par in results]

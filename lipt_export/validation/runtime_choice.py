@@ -17,16 +17,16 @@ The record names the machine it was measured on (CPU model, cores, runtime versi
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from lipt_export.manifest import ArtifactEntry, Manifest
-from lipt_export.runtime.loader import onnx_runner
-from lipt_export.runtime.openvino import openvino_status
+from lipt_export.catalog import FLOAT_RUNTIME_BUDGET_DB
+from lipt_export.manifest import ArtifactEntry, RuntimeChoice
+from lipt_export.runtime.loader import Artifact, onnx_runner
+from lipt_export.runtime.openvino import installed_cpu_runtimes
+from lipt_export.runtime.resolve import machine_fingerprint
 from lipt_export.validation.bench import interleaved_stats
 from lipt_export.validation.imresize import imresize
 from lipt_export.validation.inputs import natural_inputs
@@ -34,28 +34,9 @@ from lipt_export.validation.metrics import psnr_y_nchw
 from lipt_export.validation.parity import FP32_REL_L2_LIMIT, rel_l2
 from lipt_export.validation.verify import load_golden
 
-AUTO_CANDIDATES = ("onnxruntime", "openvino-f32", "openvino-bf16")
-FLOAT_BUDGET_DB = 0.01  # |delta PSNR-Y| allowed when an execution changes an fp32/fp16 file's arithmetic
 BUDGET = (f"rel-L2 <= {FP32_REL_L2_LIMIT:g} against ONNX Runtime on the golden inputs (the file's own numerics), "
-          f"else |delta PSNR-Y| <= {FLOAT_BUDGET_DB} dB against the file on ONNX Runtime (INT8 file: its drop against "
-          f"fp32 within the export's INT8 budget) on synthetic HR/LR pairs")
-
-
-def machine_fingerprint() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import onnxruntime
-
-    versions = f"onnxruntime {onnxruntime.__version__}"
-    if openvino_status()[0]:
-        import openvino
-
-        versions += f", openvino {openvino.get_version().split('-')[0]}"
-    return f"{cpu} x{os.cpu_count()}; {versions}"
+          f"else |delta PSNR-Y| <= {FLOAT_RUNTIME_BUDGET_DB} dB against the file on ONNX Runtime (INT8 file: its drop "
+          f"against fp32 within the export's INT8 budget) on synthetic HR/LR pairs")
 
 
 def accuracy_pairs(inputs: Sequence[np.ndarray], scale: int, seed: int = 11
@@ -77,12 +58,11 @@ def mean_psnr_y(runner, pairs, shave: int) -> float:
 
 def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarray], threads: Optional[int] = None,
                            runs: int = 3, *, scale: int = 1, fp32_path: Optional[Path] = None,
-                           int8_budget_db: Optional[float] = None) -> Dict[str, Any]:
+                           int8_budget_db: Optional[float] = None) -> RuntimeChoice:
     """The record stored in the manifest's ``runtime_choice[precision]`` for the ONNX file at ``path``.
     ``fp32_path`` and ``int8_budget_db`` are needed to judge executions of an INT8 file."""
-    names = [rt for rt in AUTO_CANDIDATES if rt == "onnxruntime" or openvino_status()[0]]
     runners, left_out = {}, []
-    for rt in names:
+    for rt in installed_cpu_runtimes():
         r = onnx_runner(path, rt, precision=precision, threads=threads)
         if rt == "openvino-bf16" and r.inference_precision != "bf16":
             left_out.append({"runtime": rt, "why": "this CPU has no bf16: OpenVINO compiles f32 (= openvino-f32)"})
@@ -109,7 +89,8 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
                             budget_db=budget, within_budget=bool(budget is not None and -delta <= budget))
             else:
                 cand.update(delta_psnr_y_db=round(delta, 4), against="this file on onnxruntime",
-                            budget_db=FLOAT_BUDGET_DB, within_budget=bool(abs(delta) <= FLOAT_BUDGET_DB))
+                            budget_db=FLOAT_RUNTIME_BUDGET_DB,
+                            within_budget=bool(abs(delta) <= FLOAT_RUNTIME_BUDGET_DB))
         candidates.append(cand)
     eligible = [runners[c["runtime"]] for c in candidates if c["within_budget"]]
     if len(eligible) > 1:
@@ -122,77 +103,35 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
         probe_hw = list(probe.shape[2:])
     else:
         best, probe_hw = "onnxruntime", None
-    return {"runtime": best, "machine": machine_fingerprint(), "budget": BUDGET, "candidates": candidates,
-            "left_out": left_out, "probe_hw": probe_hw,
-            "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return RuntimeChoice.from_dict({"runtime": best, "machine": machine_fingerprint(), "budget": BUDGET,
+                                    "candidates": candidates, "left_out": left_out, "probe_hw": probe_hw,
+                                    "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+                                   "runtime choice")
 
 
 def int8_budget_db(entry: ArtifactEntry) -> Optional[float]:
     """The PSNR-Y drop the export allowed an INT8 file (``--max-psnr-drop``); None for other files."""
-    return (entry.get("int8") or {}).get("max_psnr_drop_db") if entry.precision == "int8" else None
+    return entry.int8.max_psnr_drop_db if entry.int8 is not None else None
 
 
 def measure_export_choices(root: Path, entries: Sequence[ArtifactEntry], inputs: Sequence[np.ndarray], scale: int,
-                           threads: Optional[int] = None) -> Dict[str, Dict[str, Any]]:
+                           threads: Optional[int] = None) -> Dict[str, RuntimeChoice]:
     """``runtime_choice`` for every ONNX artifact of an export (files under ``root``)."""
     onnx = {e.precision: e for e in entries if e.format == "onnx"}
     fp32 = root / onnx["fp32"].path if "fp32" in onnx else None
-    out = {}
-    for precision, e in onnx.items():
-        out[precision] = measure_runtime_choice(root / e.path, precision, inputs, threads, scale=scale,
-                                                fp32_path=fp32, int8_budget_db=int8_budget_db(e))
-    return out
+    return {precision: measure_runtime_choice(root / e.path, precision, inputs, threads, scale=scale, fp32_path=fp32,
+                                              int8_budget_db=int8_budget_db(e)) for precision, e in onnx.items()}
 
 
-def choose_runtime(manifest: Manifest, entry: ArtifactEntry, path: Path, threads: Optional[int] = None
-                   ) -> Tuple[str, str]:
-    """(runtime, why) for ``--runtime auto``: the export's record when it was measured on this machine, else a
-    fresh measurement on the golden inputs (not written back: exports are not changed after the fact)."""
-    record = manifest.runtime_choice.get(entry.precision)
-    here = machine_fingerprint()
-    if record and record.get("machine") == here:
-        return str(record["runtime"]), f"measured at export on this machine: {runtime_summary(record)}"
-    if not openvino_status()[0]:
-        return "onnxruntime", "the only CPU runtime installed"
-    if not manifest.golden:
-        return "onnxruntime", "no golden inputs in this export to measure the others on"
+def measure_artifact(art: Artifact, threads: Optional[int] = None) -> RuntimeChoice:
+    """A fresh choice for an export's ONNX file on this machine, on its golden inputs (not written back: exports
+    are not changed after the fact). The ``measure`` that :mod:`lipt_export.runtime.resolve` is given."""
+    manifest, entry = art.manifest, art.entry
     inputs, _ = load_golden(manifest)
     fp32 = manifest.select("onnx", "fp32")
-    fresh = measure_runtime_choice(path, entry.precision, inputs, threads, scale=manifest.model.scale,
-                                   fp32_path=manifest.artifact_path(fp32[0]) if fp32 else None,
-                                   int8_budget_db=int8_budget_db(entry))
-    where = "measured now (the export's record is from another machine)" if record else "measured now"
-    return str(fresh["runtime"]), f"{where}: {runtime_summary(fresh)}"
-
-
-def runtime_summary(record: Dict[str, Any]) -> str:
-    parts = []
-    for c in record.get("candidates", []):
-        if not c.get("within_budget"):
-            why = (f"rel-L2 {c['rel_l2']:.1e}" if "delta_psnr_y_db" not in c else
-                   f"{c['delta_psnr_y_db']:+.3f} dB PSNR-Y against the {c['against']}, budget "
-                   + (f"{c['budget_db']:g} dB" if c.get("budget_db") is not None else "unknown"))
-            parts.append(f"{c['runtime']} outside the budget ({why})")
-        elif "delta_psnr_y_db" in c and "median_ms" in c:
-            parts.append(f"{c['runtime']} {c['median_ms']:.1f} ms ({c['delta_psnr_y_db']:+.3f} dB PSNR-Y)")
-        elif "median_ms" in c:
-            parts.append(f"{c['runtime']} {c['median_ms']:.1f} ms")
-        else:
-            parts.append(c["runtime"])
-    return ", ".join(parts)
-
-
-def resolve_runtime(art, runtime: str, threads: Optional[int] = None) -> Tuple[str, str]:
-    """(runtime, why) for a resolved artifact (:class:`lipt_export.runtime.loader.Artifact`): ``auto`` becomes
-    the export's measured choice for ONNX artifacts (why says how it was chosen), ONNX Runtime for an ONNX file
-    without its export; engines and checkpoints keep their own runtime. Other names pass through (why = "")."""
-    if runtime != "auto":
-        return runtime, ""
-    if art.format != "onnx":
-        return "onnxruntime", ""
-    if art.entry is None or art.manifest is None or art.manifest.root is None:
-        return "onnxruntime", "a bare ONNX file: nothing measured"
-    return choose_runtime(art.manifest, art.entry, art.path, threads)
+    return measure_runtime_choice(art.path, entry.precision, inputs, threads, scale=manifest.model.scale,
+                                  fp32_path=manifest.artifact_path(fp32[0]) if fp32 else None,
+                                  int8_budget_db=int8_budget_db(entry))
 
 
 def int8_recommendation(paths: Dict[str, Path], inputs: Sequence[np.ndarray], threads: Optional[int] = None,

@@ -58,8 +58,8 @@ def load_golden(manifest: Manifest):
 def _reference_psnr(manifest: Manifest, entry: ArtifactEntry) -> float:
     """The PSNR the export measured for the ONNX of this precision (an engine's own reference)."""
     onnx = next((a for a in manifest.select("onnx", entry.precision)), None)
-    par = (onnx or entry).get("parity")
-    return float(par["psnr_db"]) if isinstance(par, dict) and par.get("psnr_db") is not None else float("inf")
+    par = (onnx or entry).parity
+    return par.psnr_db if par is not None else float("inf")
 
 
 def _judge(manifest: Manifest, entry: ArtifactEntry, runtime: str, outs, golden_outs, gated: bool = True
@@ -98,7 +98,7 @@ def verify_export(directory: str | Path, threads: Optional[int] = None,
     inputs, golden_outs = load_golden(manifest)
     rows: List[VerifyRow] = []
     for entry in manifest.artifacts:
-        names = runtimes if entry.format == "onnx" else [entry.get("runtime", "tensorrt")]
+        names = runtimes if entry.format == "onnx" else [entry.engine.runtime]
         try:
             path = checked_artifact(manifest, entry).path
         except LiptExportError as exc:

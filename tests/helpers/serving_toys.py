@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lipt_export import manifest as mf
+from lipt_export.tiling import TilingPolicy
 from lipt_export.export.onnx_export import export_onnx, node_count
 
 
@@ -62,8 +63,7 @@ def make_export(root: Path, model: Optional[nn.Module] = None, *, scale: int = 2
     man = mf.Manifest.new(
         model=mf.ModelInfo("toy", "conv", scale, {"description": "test network",
                                                   "weights": {"source": "demo-init", "seed": 0}}),
-        io=mf.IOContract(scale, multiple_of=multiple_of, min_size=1, recommended_tile=recommended_tile,
-                         tile_required=tile_required, tile_overlap=overlap),
+        io=mf.IOContract(scale, TilingPolicy.for_model(multiple_of, recommended_tile, tile_required, overlap=overlap)),
         export={"opset": info.opset, "exporter": info.exporter,
                 "simplifier": {"tool": "none", "nodes_before": 0, "nodes_after": 0}})
     mf.embed_onnx_metadata(out / "model.onnx", man)

@@ -27,9 +27,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import onnx
 
+from lipt_export.catalog import CALIB_SIZE
+from lipt_export.errors import ExportError
 from lipt_export.export.graph import consumers, producers
-from lipt_export.export.precision.calibration.activations import (FLOAT_TYPES, TensorObserver, float_activation_names,
-                                                 max_abs_ranges, tensor_types)
+from lipt_export.export.precision.calibration.activations import (FLOAT_TYPES, TensorObserver,
+                                                                  float_activation_names, max_abs_ranges,
+                                                                  tensor_types)
+from lipt_export.images import check_image_folder
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +204,24 @@ def _is_finite(model: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> bool:
 def _json_number(value: float) -> object:
     """JSON has no inf/NaN: non-finite peaks are reported as strings."""
     return float(value) if np.isfinite(value) else str(value)
+
+
+@dataclass(frozen=True)
+class Fp16Options:
+    """Where the FP16 stage measures activation ranges for its FP32 islands: ``count`` patches of ``patch_size`` LR
+    pixels from ``images`` (a folder), else synthetic natural images; ``io_fp16``: float16 input/output too."""
+
+    images: Optional[str] = None
+    patch_size: int = CALIB_SIZE
+    count: int = 4
+    io_fp16: bool = False
+
+    def validate(self) -> None:
+        if self.patch_size < 8 or self.count < 1:
+            raise ExportError(f"FP16 range patches must be at least 8 px and 1 patch, got {self.patch_size} px x "
+                              f"{self.count}")
+        if self.images is not None:
+            check_image_folder(self.images, "--calib")
 
 
 def convert_fp16(src: Path, dst: Path, *, calib_inputs: List[np.ndarray], keep_io_fp32: bool = True,

@@ -20,7 +20,6 @@ per-channel weight scales along the output-channel axis. We therefore quantize w
 from __future__ import annotations
 
 import logging
-
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,20 +29,22 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from lipt_export.engines.audit import COMPUTE_OPS, qdq_compute_nodes
+from lipt_export.export.precision.calibration.data import load_calibration_set
+from lipt_export.export.precision.calibration.ranges import (graph_sha256, load_or_collect, ort_method, write_cache,
+                                                             write_ort_cache)
+from lipt_export.export.precision.calibration.sensitivity import (FloatSources, SearchResult, SwitchRunner,
+                                                                  build_search_inputs, build_switch_model, make_units,
+                                                                  measure_sensitivity, search_fallback, unit_label)
+from lipt_export.manifest import ArtifactEntry
 from lipt_export.report import format_table
 from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.validation.metrics import psnr_from_mse
 from lipt_export.validation.metrics import psnr_y_nchw as psnr_y
 
-from lipt_export.export.precision.calibration.data import load_calibration_set
-from lipt_export.export.precision.calibration.ranges import graph_sha256, load_or_collect, ort_method, write_cache, write_ort_cache
-from lipt_export.export.precision.calibration.sensitivity import (FloatSources, SearchResult, SwitchRunner, build_search_inputs,
-                                                 build_switch_model, make_units, measure_sensitivity,
-                                                 search_fallback, unit_label)
-
 logger = logging.getLogger(__name__)
 
-QUANT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+QUANT_OP_TYPES = COMPUTE_OPS  # Q/DQ in front of the compute ops: what an engine runs in INT8
 CALIBRATOR_OPTIONS = {"symmetric": True}
 SENSITIVITY_TABLE = 12
 
@@ -77,12 +78,6 @@ class HeldOut:
 
     def drop(self, model_path: Path) -> float:
         return float(np.mean(self.fp32_psnr) - np.mean(self.psnr(model_path)))
-
-
-def quantized_nodes(qdq_model: onnx.ModelProto) -> List[onnx.NodeProto]:
-    """Nodes of the quantized op types with at least one input coming from a DequantizeLinear."""
-    dq_out = {n.output[0] for n in qdq_model.graph.node if n.op_type == "DequantizeLinear"}
-    return [n for n in qdq_model.graph.node if n.op_type in QUANT_OP_TYPES and any(i in dq_out for i in n.input)]
 
 
 def restore_float_consumers(model: onnx.ModelProto, exclude: Sequence[str] = (),
@@ -194,7 +189,7 @@ def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: floa
     (:mod:`lipt_export.export.precision.calibration.sensitivity`)."""
     t0 = time.perf_counter()
     qdq = onnx.load(str(q_all))
-    node_ops = {n.name: n.op_type for n in quantized_nodes(qdq)}
+    node_ops = {n.name: n.op_type for n in qdq_compute_nodes(qdq)}
     units = make_units(list(node_ops))
     cap = cap if cap is not None else max(1, len(node_ops) // 2)
     if len(units) < len(node_ops):
@@ -301,7 +296,7 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
         "calibration": {**data.info, "cache_file": str(cache_file) if cache_file else None,
                         "sidecar": sidecar.name, "key": key},
         "cache": "hit" if hit else "miss",
-        "quantized_nodes": len(quantized_nodes(final_q)), "quantizable_nodes": len(node_ops),
+        "quantized_nodes": len(qdq_compute_nodes(final_q)), "quantizable_nodes": len(node_ops),
         "nodes_in_float": [{"node": n, "op": node_ops[n]} for n in kept],
         "nodes_without_range": unquantizable,
         "sensitivity_top": table,
@@ -312,12 +307,12 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
     }}
 
 
-def report_lines(artifact: Dict[str, object]) -> List[str]:
+def report_lines(artifact: ArtifactEntry) -> List[str]:
     """Markdown for report.md: the INT8 outcome, the nodes kept in float and the sensitivity table."""
 
-    q = artifact["int8"]
+    q = artifact.int8.report
     cal = q["calibration"]
-    lines = [f"### INT8 ({artifact['path']})", "",
+    lines = [f"### INT8 ({artifact.path})", "",
              f"{q['scheme']}, Q/DQ on the inputs of {', '.join(q['op_types'])}; calibration `{q['method']}` on "
              f"{cal['patches']} LR patches of {cal['patch_size_lr']} px from {len(cal['calibration_images'])} "
              f"image(s) in `{cal['folder']}` (cache {q['cache']}); LR made with {cal['downscaler']}.", "",

@@ -8,10 +8,9 @@ options, and the data fingerprint from :mod:`lipt_export.export.precision.calibr
 """
 from __future__ import annotations
 
-import logging
-
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,13 +19,13 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from lipt_export.catalog import CALIB_METHODS
 from lipt_export.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
 CACHE_SCHEMA = "lipt-export/calibration-cache"
 CACHE_VERSION = 1
-METHODS = ("minmax", "entropy", "percentile")
 CHUNK = 4  # calibration inputs per collect_data call: bounds the intermediate outputs kept in memory
 
 
@@ -47,7 +46,7 @@ def ort_method(method: str):
     table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}
     if method not in table:
-        raise ValueError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
+        raise ValueError(f"unknown calibration method '{method}'; choose one of {', '.join(CALIB_METHODS)}")
     return table[method]
 
 

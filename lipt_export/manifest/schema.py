@@ -1,32 +1,30 @@
-"""manifest.json: the contract between an export directory and whatever serves it.
-
-The on-disk schema (``schema_version`` 1) is documented in docs/manifest.md. In memory a manifest is a
-:class:`Manifest` of frozen dataclasses; :func:`read_manifest` is the one reader: it checks the schema and
-version and the fields every consumer relies on, and :meth:`Manifest.artifact_path` keeps every artifact path
-inside the export directory and verifies its sha256 before anything uses the file.
-
-The model description (everything but the artifact list) is also written into each ONNX file's
-``metadata_props`` under ``lipt_export.model`` so a lone .onnx file still describes itself.
-"""
+"""The manifest schema v1 as frozen dataclasses (:class:`Manifest`, :class:`ModelInfo`, :class:`IOContract`,
+:class:`ArtifactEntry` with its typed views), the one reader :func:`read_manifest`, the writer, and the model
+description every ONNX file carries in its ``metadata_props``. See the package doc and docs/manifest.md."""
 from __future__ import annotations
 
 import datetime as _dt
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from lipt_export._version import __version__
+from lipt_export.catalog import FORMATS
 from lipt_export.errors import ManifestError
 from lipt_export.fileio import foreign_files, json_default, sha256_file, write_json_atomic
+from lipt_export.manifest.details import (EngineDetails, Fp16Details, Int8Details, Int8Speed, LintSummary, Parity,
+                                          RuntimeChoice, io_dtype_of, parse_runtime_choices, pending_parity,
+                                          plain_choices)
+from lipt_export.tiling import BASE_OVERLAP, RECOMMENDED_TILE, TilingPolicy
 
 SCHEMA = "lipt-export/manifest"
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.md"
 METADATA_KEY = "lipt_export.model"
-FORMATS = ("onnx", "tensorrt")
 
 
 def _frozen(d: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -53,19 +51,22 @@ def _need(d: Any, key: str, kind: type | Tuple[type, ...], where: str) -> Any:
 
 @dataclass(frozen=True)
 class IOContract:
-    """Input/output of every artifact of an export: float32 NCHW RGB in [0, 1] -> x``scale``."""
+    """Input/output of every artifact of an export: float32 NCHW RGB in [0, 1] -> x``scale``; the graph takes any
+    H, W >= ``min_size``; ``tiling`` is the model's :class:`~lipt_export.tiling.TilingPolicy` (its window
+    ``multiple_of``, recommended tile, overlap, whether tiling is required)."""
 
     scale: int
-    multiple_of: int = 1
+    tiling: TilingPolicy = field(default_factory=TilingPolicy)
     min_size: int = 1
-    recommended_tile: int = 256
-    tile_overlap: int = 16
-    tile_required: bool = False
     input_name: str = "lr"
     output_name: str = "sr"
 
+    @property
+    def multiple_of(self) -> int:
+        return self.tiling.multiple_of
+
     def to_dict(self) -> Dict[str, Any]:
-        s = self.scale
+        s, t = self.scale, self.tiling
         out_hw = ["height", "width"] if s == 1 else [f"height*{s}", f"width*{s}"]
         return {
             "input": {"name": self.input_name, "dtype": "float32", "layout": "NCHW", "color": "RGB",
@@ -74,9 +75,8 @@ class IOContract:
                        "shape": ["batch", 3, *out_hw], "value_range": [0.0, 1.0], "clamped": False},
             "scale": s,
             # The graph pads to `multiple_of` internally and crops; any size >= `min` is accepted.
-            "size": {"multiple_of": self.multiple_of, "padded_internally": True, "min": self.min_size},
-            "tiling": {"recommended_tile": self.recommended_tile, "overlap": self.tile_overlap,
-                       "required": self.tile_required},
+            "size": {"multiple_of": t.multiple_of, "padded_internally": True, "min": self.min_size},
+            "tiling": {"recommended_tile": t.recommended_tile, "overlap": t.overlap, "required": t.required},
         }
 
     @classmethod
@@ -95,9 +95,11 @@ class IOContract:
                 raise ManifestError(f"{where}: '{key}' is {value!r}, not an integer >= {least} (edited); re-export")
             return value
 
-        return cls(scale=scale, multiple_of=count(size, "multiple_of", 1, 1), min_size=count(size, "min", 1, 1),
-                   recommended_tile=count(tiling, "recommended_tile", 256, 1),
-                   tile_overlap=count(tiling, "overlap", 16, 0), tile_required=bool(tiling.get("required", False)),
+        policy = TilingPolicy.for_model(count(size, "multiple_of", 1, 1),
+                                        count(tiling, "recommended_tile", RECOMMENDED_TILE, 1),
+                                        bool(tiling.get("required", False)),
+                                        overlap=count(tiling, "overlap", BASE_OVERLAP, 0))
+        return cls(scale=scale, tiling=policy, min_size=count(size, "min", 1, 1),
                    input_name=str(_need(d, "input", Mapping, where)["name"]),
                    output_name=str(_need(d, "output", Mapping, where)["name"]))
 
@@ -131,6 +133,11 @@ class ModelInfo(_Details):
     def label(self) -> str:
         return f"{self.name}-{self.variant}-x{self.scale}"
 
+    @property
+    def demo_weights(self) -> bool:
+        """Exported without --weights: deterministic demo weights, whose pictures mean nothing."""
+        return self.weights.get("source") == "demo-init"
+
     def to_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "variant": self.variant, "scale": self.scale, **_plain(self.details)}
 
@@ -157,6 +164,72 @@ class ArtifactEntry(_Details):
     def with_details(self, **more: Any) -> "ArtifactEntry":
         return replace(self, details={**self.details, **more})
 
+    # -- typed views of the details (lipt_export.manifest.details); read here, not by string keys elsewhere --
+    @property
+    def where(self) -> str:
+        return f"artifact '{self.path}'"
+
+    @cached_property
+    def engine(self) -> EngineDetails:
+        """The engine's runtime, version, targets and profile (a :class:`ManifestError` for other formats)."""
+        if self.format != "tensorrt":
+            raise ManifestError(f"{self.where} is {self.format}, not a TensorRT engine")
+        return EngineDetails.from_details(self.details, self.where)
+
+    @cached_property
+    def parity(self) -> Optional[Parity]:
+        """Measured parity against the eager model; None when absent or pending (see :attr:`parity_pending`)."""
+        par = self.details.get("parity")
+        return Parity.from_dict(par, self.where) if isinstance(par, Mapping) else None
+
+    @property
+    def parity_pending(self) -> Optional[str]:
+        """Where an engine built ahead of time must be checked (its parity could not be measured here)."""
+        return pending_parity(self.details)
+
+    @cached_property
+    def parity_vs_train_graph(self) -> Optional[Parity]:
+        par = self.details.get("parity_vs_train_graph")
+        return Parity.from_dict(par, self.where) if isinstance(par, Mapping) else None
+
+    @property
+    def io_dtype(self) -> str:
+        return io_dtype_of(self.details)
+
+    @cached_property
+    def fp16(self) -> Optional[Fp16Details]:
+        return Fp16Details.from_details(self.details, self.where) if "fp16_islands" in self.details else None
+
+    @cached_property
+    def int8(self) -> Optional[Int8Details]:
+        return Int8Details.from_details(self.details, self.where) if "int8" in self.details else None
+
+    @cached_property
+    def int8_speed(self) -> Optional[Int8Speed]:
+        return Int8Speed.from_details(self.details, self.where) if "speed" in self.details else None
+
+    @cached_property
+    def lint(self) -> Optional[LintSummary]:
+        return LintSummary.from_details(self.details, self.where) if "lint" in self.details else None
+
+    @property
+    def flag(self) -> Optional[str]:
+        """Why this file is shipped but flagged (far from the eager model), or None."""
+        flag = self.details.get("flag")
+        return str(flag) if flag else None
+
+    @property
+    def nodes(self) -> Optional[int]:
+        nodes = self.details.get("nodes")
+        return int(nodes) if isinstance(nodes, int) else None
+
+    def check_details(self) -> None:
+        """Parse every typed view once (the reader calls it): a malformed block fails when the manifest is read."""
+        for view in ("parity", "parity_vs_train_graph", "fp16", "int8", "int8_speed", "lint"):
+            getattr(self, view)
+        if self.format == "tensorrt":
+            self.engine
+
     def to_dict(self) -> Dict[str, Any]:
         return {"path": self.path, "format": self.format, "precision": self.precision, "sha256": self.sha256,
                 "bytes": self.bytes, **_plain(self.details)}
@@ -169,8 +242,10 @@ class ArtifactEntry(_Details):
         if fmt not in FORMATS:
             raise ManifestError(f"{where}: unknown format '{fmt}' (known: {', '.join(FORMATS)})")
         core = ("path", "format", "precision", "sha256", "bytes")
-        return cls(path, fmt, _need(d, "precision", str, where), _need(d, "sha256", str, where),
-                   _need(d, "bytes", int, where), {k: v for k, v in d.items() if k not in core})
+        entry = cls(path, fmt, _need(d, "precision", str, where), _need(d, "sha256", str, where),
+                    _need(d, "bytes", int, where), {k: v for k, v in d.items() if k not in core})
+        entry.check_details()
+        return entry
 
     @classmethod
     def for_file(cls, path: str | Path, root: str | Path, *, fmt: str, precision: str, **details: Any
@@ -191,13 +266,14 @@ class Manifest:
     golden: Mapping[str, Any] = field(default_factory=dict)
     # per precision: the CPU execution measured fastest at export within the artifact's accuracy budget, with
     # the machine it was measured on (`upscale --runtime auto` trusts it only on the same machine)
-    runtime_choice: Mapping[str, Any] = field(default_factory=dict)
+    runtime_choice: Mapping[str, RuntimeChoice] = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "export", _frozen(self.export))
         object.__setattr__(self, "artifacts", tuple(self.artifacts))
         object.__setattr__(self, "golden", _frozen(self.golden))
-        object.__setattr__(self, "runtime_choice", _frozen(self.runtime_choice))
+        object.__setattr__(self, "runtime_choice", _frozen(parse_runtime_choices(self.runtime_choice,
+                                                                                 "runtime_choice")))
 
     # -- building --------------------------------------------------------------------------------------
     @classmethod
@@ -255,7 +331,7 @@ class Manifest:
         if self.golden:
             d["golden"] = _plain(self.golden)
         if self.runtime_choice:
-            d["runtime_choice"] = _plain(self.runtime_choice)
+            d["runtime_choice"] = plain_choices(self.runtime_choice)
         return d
 
     def description(self) -> Dict[str, Any]:
@@ -291,9 +367,7 @@ class Manifest:
         if golden and not (isinstance(golden, Mapping) and isinstance(golden.get("path"), str)
                            and isinstance(golden.get("sha256"), str)):
             raise ManifestError(f"{origin}: 'golden' needs a path and a sha256; re-export")
-        choice = d.get("runtime_choice") or {}
-        if not isinstance(choice, Mapping) or not all(isinstance(v, Mapping) for v in choice.values()):
-            raise ManifestError(f"{origin}: 'runtime_choice' must map precisions to records; re-export")
+        choice = parse_runtime_choices(d.get("runtime_choice") or {}, origin)
         return cls(model, io, d.get("export") or {}, entries, str(d.get("created", "")), root, golden, choice)
 
 
@@ -312,7 +386,7 @@ def _check_unique(entries: Iterable[ArtifactEntry], origin: str) -> None:
 
 def demo_weights_warning(manifest: Manifest) -> Optional[str]:
     """One line for the commands that serve an export made without --weights (its pictures are meaningless)."""
-    if manifest.model.weights.get("source") != "demo-init":
+    if not manifest.model.demo_weights:
         return None
     return (f"{manifest.root or 'this model'} carries demo weights (exported without --weights): the pipeline is real, "
             f"the pictures are not; export your checkpoint with --weights")
@@ -351,7 +425,8 @@ def export_files(data: Mapping[str, Any]) -> List[str]:
     golden = data.get("golden")
     if isinstance(golden, Mapping) and isinstance(golden.get("path"), str):
         files.append(golden["path"])
-    files += [a["path"] for a in data.get("artifacts") or [] if isinstance(a, Mapping) and isinstance(a.get("path"), str)]
+    files += [a["path"] for a in data.get("artifacts") or []
+              if isinstance(a, Mapping) and isinstance(a.get("path"), str)]
     return files
 
 
