@@ -21,7 +21,7 @@ from lipt_export.cli import main
 from lipt_export.errors import ManifestError, TilingError
 from lipt_export.manifest import read_manifest
 from lipt_export.runtime.openvino import OpenVinoRunner
-from lipt_export.tiling import TilingPolicy, axis_arcs, axis_weights
+from lipt_export.tiling import axis_arcs, axis_weights
 from lipt_export.validation.inputs import synthetic_image
 
 BUILD = REPO / "cpp" / "build"

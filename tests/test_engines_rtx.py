@@ -10,10 +10,10 @@ from pathlib import Path
 
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper
 
+from helpers.checkpoints import small_agileir_checkpoint
 from helpers.precision_nets import synthetic_image_folder
 from lipt_export.cli import main
 from lipt_export.errors import EngineError
@@ -34,18 +34,6 @@ def _manifest(d: Path):
     return json.loads((d / "manifest.json").read_text())
 
 
-def _agileir_checkpoint(tmp_path: Path) -> Path:
-    """A small AgileIR (two groups of two blocks) in the official KAIR layout, trained attention."""
-    from lipt_export.models.agileir import AgileIR, AgileIRConfig
-    from lipt_export.models.registry import get_spec
-
-    model = AgileIR(AgileIRConfig(8, (2, 2), 24, (3, 3), (8, 8)), upscale=2)
-    get_spec("agileir").init_for_tests(model, 0)
-    path = tmp_path / "agileir_G.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 FAMILIES = {
     "lipt": ["--model", "lipt", "--variant", "tiny", "--scale", 2],
     "smsr": ["--model", "smsr", "--scale", 2],
@@ -58,7 +46,7 @@ FAMILIES = {
 def test_every_family_builds_fp32_and_fp16_engines_with_a_clean_parse(family, tmp_path):
     args = list(FAMILIES[family])
     if family == "agileir":
-        args += ["--weights", _agileir_checkpoint(tmp_path)]
+        args += ["--weights", small_agileir_checkpoint(tmp_path)]
     res = _cli(*args, "--fp16", "--backend", "tensorrt-rtx", "--out", tmp_path / "out", *SMALL)
     assert res.exit_code == 0, res.output
     (d,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir() and not p.name.startswith(".")]

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from helpers.checkpoints import small_agileir_checkpoint
 from helpers.cli import one_export, run_cli
 from lipt_export import load_runner
 from lipt_export.engines.shapes import MAX_ELEMENTS, check_max_shape
@@ -39,17 +39,6 @@ SMSR_CKPT = "checkpoints/smsr/SMSR_x2_official.pt"
 SET5 = "datasets/Set5"
 
 
-def _agileir_checkpoint(folder: Path) -> Path:
-    """A small AgileIR (two groups of two blocks, window 8) saved as KAIR saves it (a raw state dict)."""
-    from lipt_export.models.agileir import AgileIR, AgileIRConfig
-
-    model = AgileIR(AgileIRConfig(8, (2, 2), 24, (3, 3), (8, 8)), upscale=2)
-    get_spec("agileir").init_for_tests(model, 0)
-    path = folder / "agileir_x2_G.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 class Family:
     def __init__(self, name: str, args, out: Path, weights=None):
         self.name, self.args, self.out, self.weights = name, [str(a) for a in args], out, weights
@@ -61,7 +50,7 @@ def family(request, tmp_path_factory, shared):
     tmp = tmp_path_factory.mktemp(f"matrix-{name}")
     weights = None
     if name == "agileir":
-        weights = _agileir_checkpoint(tmp)
+        weights = small_agileir_checkpoint(tmp)
     elif name == "smsr":
         weights = shared.find(SMSR_CKPT)  # demo weights when ../shared is absent
     args = ["--model", name, "--scale", 2, *(["--variant", "tiny"] if name == "lipt" else []),

@@ -6,7 +6,7 @@ manifest is read, not a KeyError somewhere later.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from lipt_export.errors import ManifestError
 
