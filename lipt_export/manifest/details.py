@@ -261,10 +261,13 @@ class RuntimeCandidate:
             d["median_ms"] = self.median_ms
         return d
 
+    def _reference(self) -> str:
+        return self.against if str(self.against).startswith("this ") else f"the {self.against}"
+
     def describe(self) -> str:
         if not self.within_budget:
             why = (f"rel-L2 {self.rel_l2:.1e}" if self.delta_psnr_y_db is None else
-                   f"{self.delta_psnr_y_db:+.3f} dB PSNR-Y against the {self.against}, budget "
+                   f"{self.delta_psnr_y_db:+.3f} dB PSNR-Y against {self._reference()}, budget "
                    + (f"{self.budget_db:g} dB" if self.budget_db is not None else "unknown"))
             return f"{self.runtime} outside the budget ({why})"
         if self.delta_psnr_y_db is not None and self.median_ms is not None:
