@@ -17,8 +17,8 @@ import numpy as np
 
 from lipt_export.errors import TilingError
 from lipt_export.runtime.base import Runner
-from lipt_export.tiling import (Arc, Tile, TileSize, TilingPolicy, align_down, axis_arcs, axis_weights,
-                                plan_tiles)
+from lipt_export.tiling import (BASE_OVERLAP, RECOMMENDED_TILE, Arc, Tile, TileSize, TilingPolicy, align_down,
+                                axis_arcs, axis_weights, plan_tiles)
 
 
 def _gather(lr_chw: np.ndarray, rows: List[Tuple[int, int]], cols: List[Tuple[int, int]]) -> np.ndarray:
@@ -38,8 +38,8 @@ class TiledRunner(Runner):
     ``scale``: the upscaling factor; None = measured from the first tile.
     """
 
-    def __init__(self, runner: Runner, scale: Optional[int] = None, tile: Optional[TileSize] = 256,
-                 overlap: int = 16, multiple_of: int = 1, blend: float = 0.25):
+    def __init__(self, runner: Runner, scale: Optional[int] = None, tile: Optional[TileSize] = RECOMMENDED_TILE,
+                 overlap: int = BASE_OVERLAP, multiple_of: int = 1, blend: float = 0.25):
         if overlap < 0:
             raise TilingError(f"overlap must be >= 0, got {overlap}")
         if not 0.0 <= blend <= 1.0:
@@ -189,7 +189,7 @@ class ProfileFitRunner(Runner):
     (symmetric reflection) and the output cropped. Inputs inside the range go straight through."""
 
     def __init__(self, runner: Runner, scale: int, min_hw: Tuple[int, int], max_hw: Tuple[int, int],
-                 max_batch: int = 1, multiple_of: int = 1, overlap: int = 16):
+                 max_batch: int = 1, multiple_of: int = 1, overlap: int = BASE_OVERLAP):
         self.runner, self.scale = runner, scale
         self.min_hw, self.max_hw, self.max_batch = tuple(min_hw), tuple(max_hw), max(1, max_batch)
         self.name, self.precision, self.device = runner.name, runner.precision, runner.device
