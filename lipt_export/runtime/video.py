@@ -527,18 +527,24 @@ class VideoWriter:
             self.progress(1)
 
     def finish(self) -> None:
+        """Flush the encoder and close the file: a write error here (a full disk) is raised, never swallowed
+        (FFmpeg reports some write errors only when the trailer is written)."""
         if self.stream is None:
             self._open()
         for pkt in self.stream.encode(None):
             self.container.mux(pkt)
+        container, self.container = self.container, None
+        container.close()
 
     def close(self) -> None:
+        """Release what is still open after a failure (the failure is what counts, not errors closing)."""
         for c in (self.container, self.input):
             if c is not None:
                 try:
                     c.close()
-                except Exception:  # noqa: BLE001 - closing after a failure: the failure is what counts
+                except Exception:  # noqa: BLE001
                     pass
+        self.container = self.input = None
 
 
 class FrameBatchRunner(Runner):
