@@ -103,14 +103,21 @@ def _tiled_clip(path: Path, frames) -> Path:
     return make_clip(path, frames, codec="ffv1", pix_fmt="bgr0", audio=False, colour=(2, 2, 2, 0))
 
 
-def test_the_same_frame_gives_bit_identical_output_wherever_it_appears(export, tmp_path):
-    """A, B, A, C, A, B: every A (and every B) upscales to the same bits, tiled (3 tiles of 128), batched or not."""
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino-f32"])
+def test_the_same_frame_gives_bit_identical_output_wherever_it_appears(export, tmp_path, runtime):
+    """A, B, A, C, A, B: every A (and every B) upscales to the same bits, tiled (3 tiles of 128), batched or not,
+    on both CPU runtimes (`auto` picks either)."""
+    from lipt_export.runtime.openvino import installed_cpu_runtimes
+
+    if runtime not in installed_cpu_runtimes():
+        pytest.skip(f"{runtime} is not installed")
     a, b, c = _rng_frames(3, 80, 136, seed=5)
     src = _tiled_clip(tmp_path / "rep.mkv", [a, b, a, c, a, b])
     outs = {}
     for batch in ("1", "3"):
         out = tmp_path / f"rep{batch}.mkv"
-        res = run_cli("upscale", export, src, out, "--lossless", "--tile", "128", "--batch", batch, *ORT)
+        res = run_cli("upscale", export, src, out, "--lossless", "--tile", "128", "--batch", batch, "--runtime",
+                      runtime, "-q")
         assert res.exit_code == 0, res.output
         outs[batch] = decoded(out)[0]
     frames = outs["1"]
@@ -156,7 +163,8 @@ def test_a_folder_mixes_images_and_videos_and_never_feeds_outputs_back(export, c
 def test_a_killed_run_leaves_no_final_file(export, tmp_path):
     src = _tiled_clip(tmp_path / "long.mkv", _rng_frames(200, 80, 136, seed=3))
     out = tmp_path / "out.mkv"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         proc = subprocess.Popen([sys.executable, "-m", "lipt_export.cli", "upscale", str(export), str(src), str(out),
                                  "--tile", "0", "--lossless", *ORT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -34,7 +34,7 @@ from lipt_export.images import (EXIF_SOFTWARE, LUMA, UPSCALE_MARK as MARK, Coded
                                  LoadedImage, load_image, to_codes as _to_uint, written_by_upscale)
 from lipt_export.runtime.pipeline import PipelineStats, run_pipeline
 from lipt_export.runtime.spill import SpilledSum
-from lipt_export.runtime.video import written_by_upscale_video
+from lipt_export.runtime.video_plan import written_by_upscale_video
 
 INPUT_SUFFIXES = IMAGE_SUFFIXES  # a GIF's first frame is upscaled, written as PNG by default
 OUTPUT_SUFFIXES = UPSCALE_OUTPUT_SUFFIXES
