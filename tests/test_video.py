@@ -40,9 +40,10 @@ def export(tiny_export):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    """12 frames of 64x48 (H.264 in Matroska, BT.709 tags, rotated 90 degrees) with an AAC track."""
+    """12 frames of 64x48 (H.264 in Matroska, BT.709 tags, rotated 90 degrees) with AAC audio and SubRip subtitles."""
     root = tmp_path_factory.mktemp("clip")
-    return make_clip(root / "in.mkv", _rng_frames(12, 48, 64), rotation=90)
+    return make_clip(root / "in.mkv", _rng_frames(12, 48, 64), rotation=90,
+                     subtitles=[(100, "one"), (500, "two")])
 
 
 def test_every_frame_is_upscaled_and_everything_else_kept(export, clip, tmp_path):
@@ -56,6 +57,7 @@ def test_every_frame_is_upscaled_and_everything_else_kept(export, clip, tmp_path
     assert rate == src_rate == 12 and rot == src_rot == 90
     assert tags[:2] == src_tags[:2] == (1, 1) and tags[2:] == (0, 2)  # BT.709 primaries/transfer; RGB, full range
     assert packets(out) == packets(clip) and len(packets(clip)) > 10  # audio remuxed, byte for byte
+    assert packets(out, "subtitle") == packets(clip, "subtitle") == [(100, 100, b"one"), (500, 500, b"two")]
     assert frames[0].shape == (96, 128, 3)
     # each output frame equals `upscale` of that decoded frame (ffv1 stores the RGB exactly)
     stills = tmp_path / "stills"
@@ -198,6 +200,7 @@ def test_bad_videos_and_options_are_one_line_and_write_nothing(export, clip, tmp
         ((clip, "o2.mp4"), ("--lossless",), ["lossless video is ffv1", ".mkv"]),
         ((clip, "o3.webm"), ("--codec", "libx265"), [".webm cannot hold libx265", ".mkv"]),
         ((clip, "o4.webm"), (), ["audio stream #1 (aac)", "cannot be copied into .webm", ".mkv"]),
+        ((clip, "o4.mp4"), (), ["subtitle stream #2 (subrip)", "cannot be copied into .mp4", ".mkv"]),
         ((clip, "o5.mkv"), ("--lossless", "--crf", "10"), ["--crf is for", "lossless"]),
         ((clip, "o6.mkv"), ("--crf", "70"), ["outside libx264's range 0..51"]),
         ((clip, "o7.mkv"), ("--pix-fmt", "rgb24"), ["libx264 cannot encode --pix-fmt rgb24"]),

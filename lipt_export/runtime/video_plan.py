@@ -136,11 +136,18 @@ def probe_video(path: Path) -> VideoProbe:
                 path=path, width=v.width, height=v.height, codec=cc.name, pix_fmt=cc.pix_fmt, bits=bits,
                 rate=v.average_rate or v.guessed_rate, time_base=tb, start_s=start, duration_s=duration,
                 frames=v.frames or 0, colour={k: int(getattr(cc, k)) for k in COLOUR_TAGS},
-                streams=[(s.index, s.type, s.codec_context.name if s.codec_context else "?")
+                streams=[(s.index, s.type, _codec_name(s))
                          for s in c.streams if s is not v], comment=comment)
     except av.error.FFmpegError as exc:
         raise UpscaleError(f"cannot read video {path} ({ffmpeg_reason(exc)}): not a video FFmpeg reads, or damaged "
                            f"before its first frame; replace or remove it") from None
+
+
+def _codec_name(stream) -> str:
+    """The codec's canonical name (``subrip``, not the decoder's ``srt``): what a muxer lists as supported."""
+    cc = stream.codec_context
+    codec = getattr(cc, "codec", None) if cc is not None else None
+    return codec.canonical_name if codec is not None else (cc.name if cc is not None else "unknown")
 
 
 def _stream_duration(v, c) -> Optional[float]:

@@ -9,8 +9,9 @@ import numpy as np
 
 
 def make_clip(path: Path, frames, *, rate=12, pts=None, codec="libx264", pix_fmt="yuv420p", audio=True,
-              rotation=0, colour=(1, 1, 1, 1)) -> Path:
-    """A clip of ``frames`` (uint8 HxWx3 RGB) with optional AAC audio, display rotation and colour tags."""
+              rotation=0, colour=(1, 1, 1, 1), subtitles=()) -> Path:
+    """A clip of ``frames`` (uint8 HxWx3 RGB) with optional AAC audio, SubRip subtitles ((ms, text) pairs), display
+    rotation and colour tags."""
     fmt = {".mkv": "matroska", ".mp4": "mp4", ".webm": "webm"}[path.suffix]
     with av.open(str(path), "w", format=fmt) as out:
         v = out.add_stream(codec, rate=rate)
@@ -25,6 +26,9 @@ def make_clip(path: Path, frames, *, rate=12, pts=None, codec="libx264", pix_fmt
         if rotation:
             v.set_display_rotation(rotation)
         a = out.add_stream("aac", rate=48000) if audio else None
+        sub = out.add_mux_stream("subrip") if subtitles else None
+        if sub is not None:
+            sub.time_base = Fraction(1, 1000)
         if a is not None:
             a.layout = "stereo"
         for i, rgb in enumerate(frames):
@@ -49,6 +53,10 @@ def make_clip(path: Path, frames, *, rate=12, pts=None, codec="libx264", pix_fmt
             for p in a.encode(None):
                 out.mux(p)
         for p in v.encode(None):
+            out.mux(p)
+        for ms, text in subtitles:
+            p = av.Packet(text.encode())
+            p.stream, p.pts, p.dts, p.duration, p.time_base = sub, ms, ms, 200, Fraction(1, 1000)
             out.mux(p)
     return path
 
