@@ -74,6 +74,29 @@ IMAGE_WRITE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff
 IMAGE_SUFFIXES = IMAGE_WRITE_SUFFIXES + (".gif",)
 UPSCALE_OUTPUT_SUFFIXES = IMAGE_WRITE_SUFFIXES + (".npy",)
 
+# -- video (upscale; PyAV with its bundled FFmpeg) ------------------------------------------------------------
+
+# the containers `upscale` writes (suffix -> FFmpeg muxer); it reads whatever FFmpeg demuxes
+VIDEO_CONTAINERS: Dict[str, str] = {".mkv": "matroska", ".mp4": "mp4", ".m4v": "mp4", ".mov": "mov",
+                                    ".webm": "webm", ".avi": "avi"}
+# files a folder run treats as videos (a single INPUT is probed whatever its name when OUTPUT is a video)
+VIDEO_SUFFIXES = tuple(VIDEO_CONTAINERS) + (".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
+                                            ".ogv", ".y4m", ".nut")
+DEFAULT_VIDEO_CODEC = "libx264"
+CONTAINER_VIDEO_CODEC = {".webm": "libvpx-vp9"}  # containers whose default differs (WebM takes VP8/VP9/AV1 only)
+# --lossless: FFV1 (intra-only, RGB kept as RGB), standardised for Matroska (RFC 9043); AVI also carries it.
+# FFmpeg would put it in MP4 too, but no MP4 player plays that: refused there, naming these.
+LOSSLESS_VIDEO_CODEC = "ffv1"
+LOSSLESS_CONTAINERS = (".mkv", ".avi")
+# codecs that take --crf: (default crf, crf range, preset default or None)
+VIDEO_CRF: Dict[str, Tuple[int, Tuple[int, int], Optional[str]]] = {
+    "libx264": (18, (0, 51), "medium"), "libx265": (20, (0, 51), "medium"),
+    "libvpx-vp9": (24, (0, 63), None), "libsvtav1": (28, (1, 63), "8")}
+# output pixel format when --pix-fmt is not given: (8-bit source, higher-bit source); "*" for other codecs
+VIDEO_PIX_FMTS: Dict[str, Tuple[str, str]] = {
+    "*": ("yuv420p", "yuv420p10le"), "ffv1": ("bgr0", "gbrp16le"), "prores_ks": ("yuv422p10le", "yuv422p10le"),
+    "png": ("rgb24", "rgb48be")}
+
 
 def artifact_name(fmt: str, precision: str) -> str:
     """``model.onnx`` (fp32), ``model.<precision>.onnx``, ``model.<precision>.engine``."""

@@ -63,6 +63,10 @@ class UpscaleError(LiptExportError, ValueError):
     """A problem with an upscale input or output."""
 
 
+class DiskFullError(UpscaleError):
+    """The disk filled up while writing an output: the message says what was finished (nothing is half-written)."""
+
+
 class TritonError(LiptExportError, ValueError):
     """A problem generating a Triton model repository."""
 

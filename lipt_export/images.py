@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from lipt_export._version import __version__
 from lipt_export.catalog import IMAGE_SUFFIXES
 from lipt_export.errors import ImageError
 
@@ -24,7 +25,10 @@ SUPPORTED = "PNG, JPEG, WebP, BMP, TIFF, GIF"
 # What `upscale` writes into every output it makes (PNG tEXt / EXIF "Software"), so that a later run over the
 # same folder recognises its own outputs instead of upscaling them again.
 SOFTWARE_MARK = "lipt-export upscale"
+UPSCALE_MARK = f"{SOFTWARE_MARK} {__version__}"
 EXIF_SOFTWARE = 0x0131
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, what PIL uses for RGB -> L
+ROW_BLOCK = 256
 
 
 def list_images(folder: str | Path) -> List[Path]:
@@ -69,6 +73,23 @@ class CodedRGB:
 
     def transpose(self, *axes) -> np.ndarray:
         return np.asarray(self).transpose(*axes)
+
+
+def to_codes(out: np.ndarray, bits: int, gray: bool = False) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W[, 3]) uint8/uint16 codes (clamped, rounded half up), row block by row
+    block: what every upscale output (image or video frame) stores."""
+    peak = 65535.0 if bits == 16 else 255.0
+    dtype = np.uint16 if bits == 16 else np.uint8
+    _, h, w = out.shape
+    res = np.empty((h, w) if gray else (h, w, 3), dtype)
+    for r0 in range(0, h, ROW_BLOCK):
+        block = out[:, r0:r0 + ROW_BLOCK]
+        if gray:  # as if the RGB result were saved and converted to L: clamp, then luma
+            block = np.tensordot(LUMA, np.clip(block, 0.0, 1.0), axes=1)
+        else:
+            block = block.transpose(1, 2, 0)
+        res[r0:r0 + ROW_BLOCK] = np.clip(block * peak + 0.5, 0, peak).astype(dtype)
+    return res
 
 
 @dataclass

@@ -261,3 +261,28 @@ def test_serve_refuses_a_port_in_use(export_dir):
         res = subprocess.run([sys.executable, "-m", "lipt_export.cli", "serve", str(export_dir), "--port", str(port)],
                              capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and f"port {port} on 127.0.0.1 is in use" in res.stderr, res.stderr
+
+
+def test_the_documented_video_client_streams_frames_through_the_tiled_model(server, export_dir, tmp_path):
+    """docs/serving.md's example client, run as printed, on a 4-frame clip: every frame as `upscale` gives it."""
+    from helpers.video import decoded, make_clip
+
+    text = (Path(__file__).parents[1] / "docs" / "serving.md").read_text()
+    block = text.split("<!-- video-client")[1].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "video_client.py").write_text(block)
+    rng = np.random.default_rng(7)
+    frames = [(rng.random((48, 64, 3)) * 255).astype(np.uint8) for _ in range(4)]
+    clip = make_clip(tmp_path / "in.mkv", frames, codec="ffv1", pix_fmt="bgr0", audio=False, colour=(2, 2, 2, 0))
+    res = subprocess.run([sys.executable, str(tmp_path / "video_client.py"), server.http_url, f"{NAME}_tiled",
+                          str(clip), str(tmp_path / "served.mkv")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert res.returncode == 0, res.stderr
+    res = CliRunner().invoke(main, ["upscale", str(export_dir), str(clip), str(tmp_path / "local.mkv"), "--lossless",
+                                    "--tile", str(TILE), "--runtime", "onnxruntime", "-q"])
+    assert res.exit_code == 0, res.output
+    served, served_pts, served_tb, *_ = decoded(tmp_path / "served.mkv")
+    local, local_pts, local_tb, *_ = decoded(tmp_path / "local.mkv")
+    assert len(served) == len(local) == 4 and served[0].shape == (96, 128, 3)
+    assert [p * served_tb for p in served_pts] == [p * local_tb for p in local_pts]
+    for a, b in zip(served, local):  # float outputs agree to 1e-6: a code differs only on a rounding boundary
+        assert np.abs(a.astype(int) - b).max() <= 1

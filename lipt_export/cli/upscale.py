@@ -1,23 +1,45 @@
-"""`lipt-export upscale ARTIFACT INPUT OUTPUT`: upscale an image or a folder of images, tiled (the work is
-done by :mod:`lipt_export.runtime.upscale`)."""
+"""`lipt-export upscale ARTIFACT INPUT OUTPUT`: upscale an image, a video or a folder of both, tiled (the work is
+done by :mod:`lipt_export.runtime.upscale` for images and :mod:`lipt_export.runtime.video` for videos)."""
 from __future__ import annotations
 
+import signal
 import sys
 import time
+from contextlib import contextmanager
+from itertools import groupby
 from pathlib import Path
 
 import click
 from tqdm import tqdm
 
-from lipt_export.catalog import CPU_RUNTIMES, PRECISIONS, SERVING_BACKENDS
-from lipt_export.errors import LiptExportError, UpscaleError
-from lipt_export.fileio import disk_full
+from lipt_export.catalog import (CPU_RUNTIMES, LOSSLESS_CONTAINERS, LOSSLESS_VIDEO_CODEC, PRECISIONS,
+                                 SERVING_BACKENDS, VIDEO_CONTAINERS, VIDEO_CRF)
+from lipt_export.errors import DiskFullError, LiptExportError, UpscaleError
 from lipt_export.manifest import demo_weights_warning
 from lipt_export.runtime.loader import open_artifact
 from lipt_export.runtime.resolve import resolve
-from lipt_export.runtime.upscale import plan_outputs, remove_stale_temps, upscale_file
+from lipt_export.runtime.upscale import is_video_output, plan_outputs, remove_stale_temps, upscale_images
+from lipt_export.runtime.video import FrameCount, VideoOptions, plan_video, probe_video, upscale_video
 from lipt_export.tiling import DEFAULT_TILE
 from lipt_export.validation.runtime_choice import measure_artifact
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (kill, a scheduler's stop) unwinds like Ctrl-C, so temp outputs are removed and the count said."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @click.command("upscale")
@@ -36,7 +58,21 @@ from lipt_export.validation.runtime_choice import measure_artifact
               "manifest's, at least 8 windows for windowed models, e.g. 64 for LIPT).")
 @click.option("--alpha", "alpha_mode", default="bicubic", show_default=True, type=click.Choice(["bicubic", "model"]),
               help="How the alpha channel is upscaled.")
-@click.option("--format", "fmt", default=None, help="Output format for folders (png, jpg, webp, tif, npy).")
+@click.option("--format", "fmt", default=None, help="Output format for folders: an image format (png, jpg, webp, "
+              f"tif, npy) for the images, a container ({', '.join(s[1:] for s in VIDEO_CONTAINERS)}) for the videos.")
+@click.option("--codec", default=None, help="Video encoder (default libx264, libvpx-vp9 for .webm; "
+              f"{LOSSLESS_VIDEO_CODEC} with --lossless). Others: libx265, libsvtav1, prores_ks, ffv1.")
+@click.option("--crf", default=None, type=int, help="Video quality, lower is better (defaults: "
+              + ", ".join(f"{c} {v[0]}" for c, v in VIDEO_CRF.items()) + ").")
+@click.option("--lossless", is_flag=True, help=f"Lossless video: {LOSSLESS_VIDEO_CODEC} storing the upscaled RGB "
+              f"exactly ({' or '.join(LOSSLESS_CONTAINERS)} outputs).")
+@click.option("--pix-fmt", default=None, help="Video pixel format (default yuv420p, yuv420p10le for sources "
+              "deeper than 8 bits; bgr0/gbrp16le with --lossless).")
+@click.option("--start", default=None, type=float, help="Video: first second to upscale (a clip starts at 0).")
+@click.option("--duration", default=None, type=float, help="Video: seconds to upscale from --start.")
+@click.option("--batch", default=1, show_default=True, type=int,
+              help="Video: frames whose tiles run through the runtime in one call (same output; see "
+                   "docs/benchmarks.md for whether it is faster).")
 @click.option("--threads", default=None, type=int, help="ONNX Runtime threads (default: all cores, at most 8).")
 @click.option("--runtime", default="auto", show_default=True,
               type=click.Choice(["auto", *CPU_RUNTIMES]),
@@ -47,11 +83,30 @@ from lipt_export.validation.runtime_choice import measure_artifact
                    "budget. Named runtimes run as asked (a CPU without bf16 runs f32 and says so).")
 @click.option("--skip-existing", is_flag=True, help="Leave outputs that already exist alone (resume a large folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, threads,
-            runtime, skip_existing, quiet):
-    """Upscale INPUT (an image or a folder of images) with ARTIFACT (export dir, .onnx or .engine) into OUTPUT."""
+def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, codec, crf,
+            lossless, pix_fmt, start, duration, batch, threads, runtime, skip_existing, quiet):
+    """Upscale INPUT (an image, a video or a folder of them) with ARTIFACT (export dir, .onnx or .engine) into
+    OUTPUT. Videos keep their audio, subtitles, timestamps, rotation and colour tags; every frame is upscaled."""
     pairs, warnings = plan_outputs(Path(input_path), Path(output_path), fmt)
+    video_opts = VideoOptions(codec, crf, lossless, pix_fmt, start, duration, batch)
+    videos = [(src, dst) for src, dst in pairs if is_video_output(dst)]
+    video_flags = [name for name, value in (("--codec", codec), ("--crf", crf), ("--lossless", lossless),
+                                            ("--pix-fmt", pix_fmt), ("--start", start), ("--duration", duration),
+                                            ("--batch", batch != 1)) if value not in (None, False)]
+    if video_flags and not videos:
+        raise UpscaleError(f"{video_flags[0]} is for videos and {input_path} holds none; leave it out")
     art = open_artifact(artifact, precision=precision, backend=backend)  # open
+    single = len(pairs) == 1 and not Path(input_path).is_dir()
+    failures = []
+    video_plans = {}
+    for src, dst in videos:  # every video checked before the model runs: one line each, nothing loaded
+        try:
+            video_plans[dst] = plan_video(probe_video(src), dst, art.scale, video_opts)
+        except LiptExportError as exc:
+            if single:
+                raise
+            failures.append(str(exc))
+            click.echo(f"lipt-export: error: {exc}", err=True)
     plan = resolve(art, runtime=runtime, tile=tile, overlap=overlap, threads=threads, measure=measure_artifact)
     warnings += plan.warnings + [w for w in [art.manifest and demo_weights_warning(art.manifest)] if w]
     runner = plan.tiled_runner(threads=threads)  # run
@@ -63,32 +118,75 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
     if stale:
         warnings.append(f"removed {stale} temp file(s) an interrupted run left behind")
     skipped = [dst for _, dst in pairs if skip_existing and dst.exists()]
-    todo = [(src, dst) for src, dst in pairs if dst not in skipped]
-    t0, failures = time.perf_counter(), []
-    for i, (src, dst) in enumerate(tqdm(todo, desc="images", unit="img", file=sys.stderr,
-                                         disable=quiet or len(todo) <= 1)):
-        try:
-            upscale_file(runner, src, dst, alpha_mode=alpha_mode, progress_bar=not quiet, warn=warnings.append)
-        except LiptExportError as exc:
-            if len(pairs) == 1:
-                raise
-            failures.append(str(exc))
-            click.echo(f"lipt-export: error: {exc}", err=True)
-        except OSError as exc:
-            if not disk_full(exc):
-                raise
-            raise UpscaleError(f"disk full writing {dst} ({exc.strerror}): {i - len(failures)} of {len(todo)} "
-                               f"image(s) were finished, nothing is half-written under {dst.name}; free space and "
-                               f"rerun with --skip-existing") from None
+    # videos refused above are not run (their error is already out)
+    todo = [(src, dst) for src, dst in pairs if dst not in skipped and (not is_video_output(dst) or dst in video_plans)]
+    t0 = time.perf_counter()
+    finished = {"images": 0, "videos": 0, "frames": 0}
+    count = FrameCount()
+    current = {"dst": None}
+    bar = tqdm(total=len(todo), desc="files", unit="file", file=sys.stderr, disable=quiet or len(todo) <= 1)
+
+    def image_done(src, dst):
+        finished["images"] += 1
+        bar.update(1)
+
+    def image_failed(src, dst, exc):
+        if single:
+            raise exc
+        failures.append(str(exc))
+        bar.update(1)
+        click.echo(f"lipt-export: error: {exc}", err=True)
+
+    def finished_text() -> str:
+        return f"{finished['images']} image(s) and {finished['videos']} video(s) of {len(todo)} file(s) were finished"
+
+    try:
+        with _terminate_as_interrupt():
+            for is_video, group in groupby(todo, key=lambda pair: is_video_output(pair[1])):
+                group = list(group)
+                if not is_video:
+                    current["dst"] = group[0][1].parent
+                    upscale_images(runner, group, alpha_mode=alpha_mode, progress_bar=not quiet,
+                                   warn=warnings.append, done=image_done, failed=image_failed)
+                    continue
+                for src, dst in group:
+                    current["dst"] = dst
+                    try:
+                        result = upscale_video(runner, src, dst, plan=video_plans[dst], progress_bar=not quiet,
+                                               warn=warnings.append, count=count)
+                        finished["videos"] += 1
+                        finished["frames"] += result.frames
+                    except DiskFullError as exc:
+                        raise DiskFullError(f"{exc}" + ("" if single else f" ({finished_text()})")) from None
+                    except LiptExportError as exc:
+                        if single:
+                            raise
+                        failures.append(str(exc))
+                        click.echo(f"lipt-export: error: {exc}", err=True)
+                    bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        dst = current["dst"]
+        where = (f"{count.done} of {count.total or '?'} frames of {dst.name} were done, nothing is written under "
+                 f"{dst.name}" if dst is not None and is_video_output(dst) else "the image in progress was not written")
+        click.echo(f"lipt-export: error: interrupted: {where}; {finished_text()}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        bar.close()
     for w in warnings:
         click.echo(f"lipt-export: warning: {w}", err=True)
-    done = len(todo) - len(failures)
     tile_txt = f"tile {runner.tile} overlap {runner.overlap}" if runner.tile else "whole image"
     if runtime == "auto":
         click.echo(f"runtime: {plan.runtime} (auto, {plan.why})")
-    click.echo(f"upscaled {done} image(s) x{runner.scale} with {runner.runner.name} on {runner.device} ({tile_txt}) "
-               f"-> {output_path} in {time.perf_counter() - t0:.1f}s")
+    seconds = time.perf_counter() - t0
+    parts = [f"{finished['images']} image(s)"] if finished["images"] or not finished["videos"] else []
+    if finished["videos"]:
+        parts.append(f"{finished['videos']} video(s) ({finished['frames']} frames, "
+                     f"{finished['frames'] / max(seconds, 1e-9):.2f} frames/s)")
+    click.echo(f"upscaled {' and '.join(parts)} x{runner.scale} with {runner.runner.name} on {runner.device} "
+               f"({tile_txt}) -> {output_path} in {seconds:.1f}s")
+    done = finished["images"] + finished["videos"]
     if len(pairs) > 1 or skipped:
         click.echo(f"done {done}, failed {len(failures)}, skipped {len(skipped)} (already there)")
     if failures:
-        raise UpscaleError(f"{len(failures)} of {len(pairs)} images failed (see above)")
+        raise UpscaleError(f"{len(failures)} of {len(pairs)} files failed (see above)")
