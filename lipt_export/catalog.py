@@ -94,6 +94,11 @@ DEFAULT_PARITY_SIZES = ((64, 64), (37, 51))  # the second is not a multiple of a
 CALIB_COUNT, CALIB_SIZE, CALIB_METHOD = 32, 64, "minmax"
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 MAX_PSNR_DROP_DB = 0.10  # INT8/FP8: PSNR-Y drop vs FP32 on held-out images before nodes fall back to float
+# ops kept FP32 in a BF16 file because the engine builder refuses them in BF16 (measured, TensorRT-RTX 1.7.1.116:
+# SMSR's ConvTranspose in BF16 fails the build: Myelin "Could not infer output types for operation ... deconv ...
+# filterWeightsBFloat"; FP16 and FP32 deconvolutions build)
+BF16_FP32_OPS = {"ConvTranspose": "TensorRT-RTX 1.7 builds no BF16 deconvolution (Myelin: could not infer output "
+                                  "types for the deconv with bfloat16 weights)"}
 BF16_MAX_PSNR_DROP_DB = 0.01  # BF16: the same, before nodes become FP32 islands (BF16 is the accurate fallback)
 FLOAT_RUNTIME_BUDGET_DB = 0.01  # |delta PSNR-Y| allowed when a CPU runtime changes an fp32/fp16 file's arithmetic
 COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")  # TensorRT-RTX targets: RTX 30xx, 40xx/L4/L40, 50xx

@@ -118,3 +118,20 @@ def test_precision_auto_prints_a_choice_per_target(tmp_path, calib):
         assert t.precision == "fp32" or auto.drops_db[t.precision] <= 0.05
         assert f"  {t.compute_capability}: {t.precision}" in res.output
     assert "precision auto (budget 0.05 dB" in res.output and "INT8 WoQ GEMM" in res.output
+
+
+@pytest.mark.skipif(not RTX_OK, reason=RTX_WHY)
+def test_smsr_bf16_engine_keeps_its_deconvolutions_fp32(tmp_path):
+    """TensorRT-RTX 1.7 builds no BF16 deconvolution: SMSR's ConvTranspose stay FP32 islands, said why, and the
+    engine builds with the rest in BF16 (no --calib: the islands are measured on synthetic pairs)."""
+    res = run_cli("--model", "smsr", "--scale", 2, "--no-lint", "--bf16", "--calib-size", 32, "--backend",
+                  "tensorrt-rtx", "--compute-capabilities", "8.9", "--shapes", "16x16:32x32:32x32", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    man = read_manifest(tmp_path / "smsr-base-x2")
+    bf16 = man.select("onnx", "bf16")[0].bf16
+    deconv = [i for i in bf16.islands if i.op == "ConvTranspose"]
+    assert deconv and all("deconvolution" in i.reason for i in deconv)
+    assert "synthetic" in bf16.report["heldout"]
+    (engine,) = man.select("tensorrt", "bf16")
+    audit = engine.engine.audit
+    assert audit.shares["bf16"] >= 0.8 and set(audit.fp32_layers) <= set(bf16.fp32_compute_nodes)

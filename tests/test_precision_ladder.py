@@ -123,12 +123,13 @@ def test_auto_chooses_per_target_within_the_budget():
     drops = {"fp32": 0.0, "fp16": 0.001, "bf16": 0.004, "int8": 0.04, "fp8": 0.09}
     auto = choose(drops, ["8.6", "8.9", "12.0"], 0.05, "held-out images")
     by = {t.compute_capability: t for t in auto.targets}
-    assert by["8.6"].precision == "int8" and "fp8" not in by["8.6"].candidates and "WoQ" in by["8.6"].why
+    assert by["8.6"].precision == "int8" and "fp8" not in by["8.6"].candidates and "weight-only" in by["8.6"].why
     assert by["8.9"].precision == "int8" and "fp8 0.090" in by["8.9"].why  # FP8 over the budget: named
     assert choose(drops, ["8.9"], 0.10, "x").targets[0].precision == "fp8"
     assert choose({"fp32": 0.0, "fp16": 0.5}, ["7.5"], 0.05, "x").targets[0].precision == "fp32"
     lines = summary_lines(auto)
-    assert len(lines) == 4 and all(p in lines[0] for p in ("fp16", "bf16", "int8", "fp8"))
+    assert len(lines) == 5 and all(p in lines[0] for p in ("fp16", "bf16", "int8", "fp8"))
+    assert "INT8 WoQ GEMM" in lines[-1]
     assert list(AUTO_ORDER) == ["fp8", "int8", "fp16", "bf16", "fp32"]
     again = type(auto).from_dict(json.loads(json.dumps(auto.to_dict())), "x")
     assert again == auto  # the manifest record round-trips

@@ -39,6 +39,7 @@ from lipt_export.runtime.trt import (current_environment, load_engine_runner, re
 from lipt_export.validation.parity import compare, psnr_parity_ok
 
 logger = logging.getLogger(__name__)
+FLAVOR_LABELS = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
 
 # Ampere (RTX 30xx, A-series), Ada (RTX 40xx, L4/L40), Blackwell consumer (RTX 50xx): the cards TensorRT-RTX
 # targets today (catalog.COMPUTE_CAPABILITIES). Each extra capability adds its kernels to the plan.
@@ -193,11 +194,20 @@ def _build_plan(flavor: str, parsed: ParsedNetwork, profile: ProfileSpec, input_
 
         config = CreateConfig(memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * (1 << 30))},
                               **common)
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        plan = EngineBytesFromNetwork((parsed.builder, parsed.network, parsed.parser), config=config,
-                                      save_timing_cache=cache)()
+    from polygraphy.exception import PolygraphyException
+
+    log = _capture_logger(trt)
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            plan = EngineBytesFromNetwork((parsed.builder, parsed.network, parsed.parser), config=config,
+                                          save_timing_cache=cache)()
+    except PolygraphyException:
+        plan = None
     if plan is None:
-        raise EngineError("TensorRT could not build the engine; see the log above")
+        severe = (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)
+        errors = [" ".join(m.split())[:300] for sv, m in log.messages if sv in severe]
+        raise EngineError(f"{FLAVOR_LABELS.get(flavor, flavor)} could not build the engine: "
+                          f"{errors[-1] if errors else 'no message'}")
     return bytes(plan)
 
 

@@ -29,6 +29,7 @@ def measure_drops(held: HeldOut, files: Mapping[str, Path]) -> Dict[str, float]:
 def choose(drops: Mapping[str, float], capabilities: Sequence[str], budget: float, heldout: str,
            flavor: str = "tensorrt-rtx") -> PrecisionAuto:
     """The choice per compute capability (see the module doc)."""
+    rtx = flavor != "tensorrt"  # the targets are TensorRT-RTX's unless datacenter TensorRT builds for this GPU
     targets = []
     for cc in capabilities:
         runs = [p for p in AUTO_ORDER if p in drops and precision_skip_reason(cc, p) is None]
@@ -41,10 +42,10 @@ def choose(drops: Mapping[str, float], capabilities: Sequence[str], budget: floa
         cannot = [p for p in AUTO_ORDER if p in drops and p not in runs]
         if cannot:
             why += f"; {cc} cannot run " + ", ".join(cannot)
-        if pick == "int8" and flavor == "tensorrt-rtx":
-            why += f" ({RTX_INT8_NOTE})"
+        if pick == "int8" and rtx:
+            why += " (weight-only INT8 on TensorRT-RTX: a smaller engine, not INT8 tensor-core speed)"
         targets.append(TargetChoice(cc, pick, why, tuple(runs)))
-    notes = (RTX_INT8_NOTE,) if flavor == "tensorrt-rtx" and "int8" in drops else ()
+    notes = (RTX_INT8_NOTE,) if rtx and "int8" in drops else ()
     return PrecisionAuto(budget, heldout, dict(drops), tuple(targets), notes)
 
 
@@ -55,4 +56,5 @@ def summary_lines(auto: PrecisionAuto) -> list:
              f"measured drops {drops} dB"]
     for t in auto.targets:
         lines.append(f"  {t.compute_capability}: {t.precision}  ({t.why})")
+    lines += [f"  note: {note}" for note in auto.notes]
     return lines

@@ -16,6 +16,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lipt_export.catalog import BF16_FP32_OPS
+
 
 # Nodes whose output holds only values of their input: they round nothing, so they follow their input's type.
 VALUE_PRESERVING = {"Reshape", "Transpose", "Slice", "Concat", "Split", "Pad", "DepthToSpace", "SpaceToDepth",
@@ -64,6 +66,9 @@ def compute_nodes(model: onnx.ModelProto, types: Dict[str, int], opset: int
             continue
         if bf16_slots(node, opset) is None:
             forced[node.name] = f"{node.op_type} has no bfloat16 in ONNX opset {opset}"
+            continue
+        if node.op_type in BF16_FP32_OPS:
+            forced[node.name] = BF16_FP32_OPS[node.op_type]
             continue
         candidates.append(node)
     return candidates, forced
