@@ -96,6 +96,11 @@ def test_consumers_run_the_new_files(ladder, tmp_path):
         res = run_cli("upscale", d, tmp_path / "in.png", out, "--precision", precision)
         assert res.exit_code == 0, res.output
         assert Image.open(out).size == (46, 40)
+    res = run_cli("bench", d, "--no-eager", "--sizes", "24x24", "--runs", 1, "--warmup", 0, "--runtimes",
+                  "onnxruntime", "--json", tmp_path / "bench.json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert {"bf16", "fp8"} <= {r.get("precision") for r in rows}, rows
     res = run_cli("triton", d, "--repo", tmp_path / "repo", "--precision", "bf16")
     assert_one_line_error(res, "model.bf16.onnx", "bfloat16 Conv")
     res = run_cli("triton", d, "--repo", tmp_path / "repo", "--precision", "fp8", "--format", "onnx")

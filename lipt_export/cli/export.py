@@ -103,8 +103,7 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
                    if on]
     if needs_calib and not calib:
         raise UsageError(f"{' and '.join(needs_calib)} need{'s' if len(needs_calib) == 1 else ''} representative "
-                         f"images: pass --calib DIR (a folder of natural photos, e.g. "
-                         f"../shared/datasets/calib_urban100_001-010)")
+                         f"images: pass --calib DIR (a folder of natural photos like those the model will upscale)")
     if max_psnr_drop <= 0:
         raise UsageError(f"--max-psnr-drop must be a positive number of dB, got {max_psnr_drop:g}")
     if json_path:

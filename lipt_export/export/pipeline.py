@@ -135,7 +135,7 @@ class ExportConfig:
             raise ExportError(f"unknown --precision '{self.precision}'; use auto (or the per-precision flags)")
         if self.precision == "auto" and not self.calib:
             raise ExportError("--precision auto measures every precision on held-out images: pass --calib DIR (a "
-                              "folder of natural photos, e.g. ../shared/datasets/calib_urban100_001-010)")
+                              "folder of natural photos)")
         for flag, on in (("INT8", self.int8), ("FP8", self.fp8)):
             if on and not self.calib:
                 raise ExportError(f"{flag} needs representative images: pass --calib DIR (a folder of natural "
