@@ -147,3 +147,24 @@ def test_new_options_fail_in_one_line_before_any_work(args, needles, tmp_path):
                   "--out", tmp_path / "out", *args)
     assert_one_line_error(res, *needles)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_lint_accepts_weights_quantized_in_the_graph(tmp_path):
+    """ModelOpt writes Q -> DQ on FP32 weight initializers (per-channel); TensorRT folds them (its FP8 SMSR file
+    builds for 8.9), so the lint must not call them per-channel activations."""
+    from onnx import helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    s = numpy_helper.from_array(np.full(4, 0.01, np.float32), "s")
+    zp = helper.make_tensor("zp", TensorProto.FLOAT8E4M3FN, [4], vals=bytes(4), raw=True)
+    xs = numpy_helper.from_array(np.array(0.02, np.float32), "xs")
+    xz = helper.make_tensor("xz", TensorProto.FLOAT8E4M3FN, [], vals=bytes(1), raw=True)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("QuantizeLinear", ["w", "s", "zp"], ["wq"], axis=0),
+             helper.make_node("DequantizeLinear", ["wq", "s", "zp"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, s, zp, xs, xz])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(tmp_path / "m.onnx"))
+    assert not [f for f in lint_onnx(tmp_path / "m.onnx").errors if f.rule == "qdq"]
