@@ -26,9 +26,7 @@ from lipt_export.report import format_table  # noqa: E402
 def rows_for(export_dir: Path, eval_json: Path):
     man = read_manifest(export_dir)
     ev = json.loads(eval_json.read_text())
-    set5 = {Path(r.get("artifact", {}).get("path", "") if isinstance(r.get("artifact"), dict) else "").name: r
-            for r in ev["results"]}
-    set5.update({r["name"].rsplit("/", 1)[-1]: r for r in ev["results"] if "name" in r})
+    set5 = {Path(r["path"]).name: r for r in ev["results"] if r.get("path")}
     fp32 = set5.get("model.onnx", {}).get("psnr_y")
     timings = man.export.get("timings_s", {})
     out = []

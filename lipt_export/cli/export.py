@@ -155,11 +155,18 @@ def print_summary(result) -> None:
         pending = [e for e in engines if e.parity_pending]
         if pending:
             engine = pending[0].engine
-            click.echo(f"  these engines run on GPUs of compute capability {', '.join(engine.compute_capabilities)} "
+            caps = sorted({c for e in pending for c in e.engine.compute_capabilities}, key=lambda c: tuple(
+                int(v) for v in c.split(".")))
+            click.echo(f"  these engines run on GPUs of compute capability {', '.join(caps)} "
                        f"with {engine.label}; check them there with `lipt-export verify {result.out_dir}` (Triton's "
                        f"TensorRT backend cannot load TensorRT-RTX plans: `lipt-export triton` serves the ONNX file)")
+    auto_only = [x["precision"] for x in man.engines_skipped if x["why"].startswith("--precision auto")
+                 and x["why"].count("--precision auto") == len(x["compute_capabilities"])]
+    if auto_only:
+        click.echo(f"  no {', '.join(auto_only)} engine: --precision auto builds each target's chosen precision only")
     for skip in man.engines_skipped:
-        click.echo(f"  no {skip['precision']} engine: {skip['why']}")
+        if skip["precision"] not in auto_only:
+            click.echo(f"  no {skip['precision']} engine: {skip['why']}")
     for e in engines:
         for cc, why in e.engine.skipped:
             if not why.startswith("--precision auto"):

@@ -51,7 +51,7 @@ def choose(drops: Mapping[str, float], capabilities: Sequence[str], budget: floa
 
 def summary_lines(auto: PrecisionAuto) -> list:
     """One line per target: the choice and the measured drop of every candidate."""
-    drops = ", ".join(f"{p} {auto.drops_db[p]:+.3f}" for p in AUTO_ORDER if p in auto.drops_db and p != "fp32")
+    drops = ", ".join(f"{p} {auto.drops_db[p]:.3f}" for p in AUTO_ORDER if p in auto.drops_db and p != "fp32")
     lines = [f"precision auto (budget {auto.max_psnr_drop_db:g} dB PSNR-Y drop vs fp32 on {auto.heldout}): "
              f"measured drops {drops} dB"]
     for t in auto.targets:
