@@ -106,7 +106,8 @@ COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")  # TensorRT-RTX targets: RTX 30xx,
 # 7.5; FP8 only "on Ada and later architectures (compute capability 8.9 or later)"). Measured with TensorRT-RTX
 # 1.7.1: BF16 builds for 8.0/8.6/8.9/12.0 and not 7.5; FP8 Q/DQ builds for 8.9 and fails for 8.6 ("Cannot compile
 # for target(s) sm86, because the model contains HW-specific datatypes: fp8_e4m3").
-PRECISION_MIN_CC = {"bf16": (8, 0), "fp8": (8, 9)}
+# INT8 (weight-only on RTX) is "No" on 7.5 in the same matrix.
+PRECISION_MIN_CC = {"bf16": (8, 0), "int8": (8, 0), "fp8": (8, 9)}
 # --precision auto: cheapest first, as the GPU executes it; a target takes the first within --max-psnr-drop
 AUTO_ORDER = ("fp8", "int8", "fp16", "bf16", "fp32")
 AUTO_PRECISIONS = ("fp16", "bf16", "int8", "fp8")  # the candidates --precision auto exports and measures

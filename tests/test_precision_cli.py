@@ -69,18 +69,6 @@ def test_engines_per_target_with_the_skip_said(ladder):
     assert set(engines["bf16"].engine.audit.fp32_layers) <= islands
 
 
-@pytest.mark.skipif(not RTX_OK, reason=RTX_WHY)
-def test_a_target_that_runs_no_fp8_gets_no_engine_and_says_so(tmp_path, calib):
-    res = run_cli(*TINY, "--fp8", "--calib", calib, *CALIB, "--backend", "tensorrt-rtx", "--compute-capabilities",
-                  "8.6", "--shapes", "16x16:32x32:32x32", "--out", tmp_path)
-    assert res.exit_code == 0, res.output
-    man = read_manifest(tmp_path / "lipt-tiny-x2")
-    assert not man.select("tensorrt", "fp8") and man.select("tensorrt", "fp32")
-    (skip,) = man.engines_skipped
-    assert skip["precision"] == "fp8" and skip["compute_capabilities"] == ["8.6"]
-    assert "no fp8 engine: FP8 needs compute capability 8.9" in res.output
-
-
 def test_consumers_run_the_new_files(ladder, tmp_path):
     d, _ = ladder
     res = run_cli("verify", d, "--json", tmp_path / "v.json")
@@ -110,19 +98,30 @@ def test_consumers_run_the_new_files(ladder, tmp_path):
 
 
 def test_precision_auto_prints_a_choice_per_target(tmp_path, calib):
-    res = run_cli(*TINY, "--precision", "auto", "--max-psnr-drop", "0.05", "--calib", calib, *CALIB,
-                  "--backend", "onnxruntime", "--compute-capabilities", "8.6,8.9,12.0", "--out", tmp_path)
+    """One export for auto and for "a target that runs no FP8 gets no FP8 engine": targets 8.0 and 8.6 run no FP8,
+    so no fp8 engine is built and the summary says why; each target's choice is printed."""
+    engines = ["--backend", "tensorrt-rtx", "--shapes", "16x16:32x32:32x32"] if RTX_OK else ["--backend", "onnxruntime"]
+    res = run_cli(*TINY, "--precision", "auto", "--max-psnr-drop", "0.05", "--calib", calib, *CALIB, *engines,
+                  "--compute-capabilities", "8.0,8.6", "--out", tmp_path)
     assert res.exit_code == 0, res.output
     man = read_manifest(tmp_path / "lipt-tiny-x2")
     auto = man.precision_auto
     assert sorted(e.precision for e in man.select("onnx")) == ["bf16", "fp16", "fp32", "fp8", "int8"]
     assert set(auto.drops_db) == {"fp32", "fp16", "bf16", "int8", "fp8"} and auto.max_psnr_drop_db == 0.05
     by = {t.compute_capability: t for t in auto.targets}
-    assert sorted(by) == ["12.0", "8.6", "8.9"] and "fp8" not in by["8.6"].candidates
+    assert sorted(by) == ["8.0", "8.6"] and not any("fp8" in t.candidates for t in auto.targets)
     for t in auto.targets:
         assert t.precision == "fp32" or auto.drops_db[t.precision] <= 0.05
         assert f"  {t.compute_capability}: {t.precision}" in res.output
     assert "precision auto (budget 0.05 dB" in res.output and "INT8 WoQ GEMM" in res.output
+    if RTX_OK:
+        assert not man.select("tensorrt", "fp8")
+        skips = {x["precision"]: x for x in man.engines_skipped}
+        assert skips["fp8"]["compute_capabilities"] == ["8.0", "8.6"] and "8.9 or later" in skips["fp8"]["why"]
+        assert "no fp8 engine: FP8 needs compute capability 8.9" in res.output
+        for t in auto.targets:  # each target's engine is the chosen precision
+            (engine,) = man.select("tensorrt", t.precision)
+            assert t.compute_capability in engine.engine.compute_capabilities
 
 
 @pytest.mark.skipif(not RTX_OK, reason=RTX_WHY)

@@ -127,6 +127,7 @@ def test_auto_chooses_per_target_within_the_budget():
     assert by["8.9"].precision == "int8" and "fp8 0.090" in by["8.9"].why  # FP8 over the budget: named
     assert choose(drops, ["8.9"], 0.10, "x").targets[0].precision == "fp8"
     assert choose({"fp32": 0.0, "fp16": 0.5}, ["7.5"], 0.05, "x").targets[0].precision == "fp32"
+    assert choose(drops, ["7.5"], 0.05, "x").targets[0].precision == "fp16"  # 7.5 runs no INT8/BF16/FP8
     lines = summary_lines(auto)
     assert len(lines) == 5 and all(p in lines[0] for p in ("fp16", "bf16", "int8", "fp8"))
     assert "INT8 WoQ GEMM" in lines[-1]
