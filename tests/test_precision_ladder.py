@@ -137,9 +137,9 @@ def test_auto_chooses_per_target_within_the_budget():
 
 
 @pytest.mark.parametrize("args,needles", [
-    (["--fp8"], ("--fp8", "--calib DIR")),
+    (["--fp8"], ("FP8 needs representative images", "--calib DIR")),
     (["--precision", "auto"], ("--precision auto", "--calib DIR")),
-    (["--int8", "--fp8"], ("--int8 and --fp8 need",)),
+    (["--int8", "--fp8"], ("INT8 and FP8 need",)),
     (["--fp8", "--calib", "/nonexistent/calib"], ("--calib",)),
     (["--bf16", "--max-psnr-drop", "0"], ("--max-psnr-drop",)),
 ])

@@ -99,8 +99,7 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
     check_choice(model, variant, scale)  # seconds before torch is imported
     check_opset(opset, dynamo)
     check_profile_fits(model, scale, parse_profile(shapes or default_shapes(model), batch))
-    needs_calib = [flag for flag, on in (("--int8", int8), ("--fp8", fp8), ("--precision auto", precision_mode))
-                   if on]
+    needs_calib = [flag for flag, on in (("INT8", int8), ("FP8", fp8), ("--precision auto", precision_mode)) if on]
     if needs_calib and not calib:
         raise UsageError(f"{' and '.join(needs_calib)} need{'s' if len(needs_calib) == 1 else ''} representative "
                          f"images: pass --calib DIR (a folder of natural photos like those the model will upscale)")
