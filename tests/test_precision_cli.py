@@ -47,6 +47,10 @@ def test_manifest_records_each_file_and_its_opset(ladder):
     assert onnx["bf16"].parity.psnr_db > 40 and onnx["fp8"].parity.finite
     assert "BF16 (model.bf16.onnx)" in (d / "report.md").read_text() and "FP8 (model.fp8.onnx)" in \
         (d / "report.md").read_text()
+    # the FP8 calibration sidecar is the export's own file: --overwrite may replace the folder
+    from lipt_export.manifest import replaceable_problem
+
+    assert (d / "model.fp8.calib.json").is_file() and replaceable_problem(d) is None
 
 
 @pytest.mark.skipif(not RTX_OK, reason=RTX_WHY)

@@ -452,14 +452,21 @@ def read_manifest(target: str | Path) -> Manifest:
 
 
 def export_files(data: Mapping[str, Any]) -> List[str]:
-    """The files an export directory holds by its manifest (as parsed JSON): the manifest, report.md, golden.npz
-    and every artifact."""
+    """The files an export directory holds by its manifest (as parsed JSON): the manifest, report.md, golden.npz,
+    every artifact and the calibration-range sidecar of each INT8/FP8 file."""
     files = [MANIFEST_NAME, REPORT_NAME]
     golden = data.get("golden")
     if isinstance(golden, Mapping) and isinstance(golden.get("path"), str):
         files.append(golden["path"])
-    files += [a["path"] for a in data.get("artifacts") or []
-              if isinstance(a, Mapping) and isinstance(a.get("path"), str)]
+    for a in data.get("artifacts") or []:
+        if not isinstance(a, Mapping) or not isinstance(a.get("path"), str):
+            continue
+        files.append(a["path"])
+        for key in ("int8", "fp8"):  # the calibration ranges written beside a Q/DQ file (model.<p>.calib.json)
+            sidecar = ((a.get(key) or {}).get("calibration") or {}).get("sidecar") if isinstance(a.get(key), Mapping) \
+                else None
+            if isinstance(sidecar, str) and "/" not in sidecar and not sidecar.startswith("."):
+                files.append(sidecar)
     return files
 
 
