@@ -118,8 +118,8 @@ def convert_bf16(src: Path, dst: Path, *, held: HeldOut, max_psnr_drop: float = 
                 f"{search.drop:.4f} dB (rounding model)" + (f", {artifact['psnr_drop_db']:.4f} dB on "
                                                              f"{artifact['runtime']}" if artifact else ""))
     mse_by_unit = dict(enumerate(search.output_mse))
-    island_rows = [{"node": n, "op": node_ops[n], "reason": "measured: BF16 here costs "
-                    f"{_db_alone(mse_by_unit[u])} dB output PSNR alone (held-out ranking)",
+    island_rows = [{"node": n, "op": node_ops[n], "reason": "measured: with only this node in BF16 the output is "
+                    f"{_db_alone(mse_by_unit[u])} dB PSNR from FP32, among the most sensitive (held-out ranking)",
                     "output_psnr_db_alone": _db_alone(mse_by_unit[u])}
                    for u in search.order[:search.kept_units] for n in units[u]]
     island_rows += [{"node": n, "op": next(x.op_type for x in fp32.graph.node if x.name == n), "reason": why}
