@@ -169,3 +169,31 @@ def test_lint_accepts_weights_quantized_in_the_graph(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, s, zp, xs, xz])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), str(tmp_path / "m.onnx"))
     assert not [f for f in lint_onnx(tmp_path / "m.onnx").errors if f.rule == "qdq"]
+
+
+def test_audit_counts_a_batched_matmul_on_dequantized_weights(tmp_path):
+    """TensorRT's parser puts a shuffle between a weight's DequantizeLinear and a 3-D x 2-D MatMul (ESRT's attention
+    projections); the layer still runs INT8 / FP8 and the audit must say so (it failed ESRT's INT8 engine before)."""
+    from onnx import helper
+
+    from lipt_export.engines.audit import audit_network
+    from lipt_export.engines.tensorrt import parse_onnx
+    from lipt_export.runtime.trt import select_tensorrt, tensorrt_rtx_status
+
+    if not tensorrt_rtx_status()[0]:
+        pytest.skip(tensorrt_rtx_status()[1])
+    trt = select_tensorrt("tensorrt-rtx")
+    for qtype, kind in ((TensorProto.INT8, "int8"), (TensorProto.FLOAT8E4M3FN, "fp8")):
+        w = helper.make_tensor("w", qtype, [8, 8], vals=bytes(64), raw=True)
+        inits = [w, numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+                 helper.make_tensor("z", qtype, [], vals=bytes(1), raw=True)]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+                 helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+                 helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"]),
+                 helper.make_node("MatMul", ["xd", "wd"], ["y"], name="proj")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        path = str(tmp_path / f"audit-{kind}.onnx")
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]), path)
+        audit = audit_network(trt, parse_onnx(trt, path, strongly_typed_flag=False).network)
+        assert audit[f"{kind}_layers"] == ["proj"], audit

@@ -25,8 +25,16 @@ def audit_network(trt, network) -> Dict[str, Any]:
     compute = {getattr(trt.LayerType, t) for t in COMPUTE_TYPES}
     names = {trt.DataType.FLOAT: "fp32", trt.DataType.HALF: "fp16", trt.DataType.BF16: "bf16"}
 
+    # layers that only move values: the parser puts a shuffle between a weight's DequantizeLinear and a batched
+    # MatMul (ESRT's 3-D x 2-D attention projections), which still computes on the dequantized INT8/FP8 values
+    moves = {getattr(trt.LayerType, t) for t in ("SHUFFLE", "IDENTITY") if hasattr(trt.LayerType, t)}
+
     def dequantized_from(tensor) -> Any:
         src = producer.get(tensor.name) if tensor is not None else None
+        for _ in range(4):
+            if src is None or src.type not in moves or src.get_input(0) is None:
+                break
+            src = producer.get(src.get_input(0).name)
         if src is None or src.type != trt.LayerType.DEQUANTIZE or src.get_input(0) is None:
             return None
         return src.get_input(0).dtype
