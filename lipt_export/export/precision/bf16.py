@@ -35,7 +35,8 @@ from lipt_export.errors import ExportError
 from lipt_export.export.graph import tensor_types
 from lipt_export.export.precision.bf16_graph import compute_nodes, rounding_model, write_bf16
 from lipt_export.export.precision.calibration.heldout import HeldOut
-from lipt_export.export.precision.calibration.sensitivity import (SELECTOR, SwitchRunner, build_search_inputs, make_units,
+from lipt_export.export.precision.calibration.sensitivity import (SELECTOR, SearchResult, SwitchRunner,
+                                                                  build_search_inputs, make_units,
                                                                   measure_sensitivity, search_fallback, unit_label)
 from lipt_export.runtime.base import Runner
 from lipt_export.validation.metrics import psnr_from_mse
@@ -79,44 +80,56 @@ def convert_bf16(src: Path, dst: Path, *, held: HeldOut, max_psnr_drop: float = 
     node_ops = {n.name: n.op_type for n in candidates}
     units = make_units(list(node_ops), MAX_UNITS)
     held.measure_fp32()
-    switch = SwitchRunner(rounding_model(fp32, types, units, SELECTOR), len(units))
-    crops = build_search_inputs(held.lr, n=2, crop=48)  # a ranking; the budget is checked on every pair
-    refs = [held.fp32_output(x).astype(np.float64) for x in crops]
-    all_on = held.drop_of(lambda x: switch.infer(x, np.ones(len(units), bool)))
-    if all_on <= max_psnr_drop:  # nothing to rank: every arithmetic node in BF16 meets the budget
-        mse = [0.0] * len(units)
-    else:
-        mse = measure_sensitivity(switch, len(units), crops, refs, label="bf16")
-    order = sorted(range(len(units)), key=lambda u: -mse[u])
-
-    def drop_of(k: int) -> float:
-        sel = np.ones(len(units), bool)
-        sel[order[:k]] = False
-        return held.drop_of(lambda x: switch.infer(x, sel))
-
-    cap = max_islands if max_islands is not None else max(1, len(units) // 2)
-    search = search_fallback(drop_of, mse, max_psnr_drop, cap, label="bf16")
-    islands = [n for u in search.order[:search.kept_units] for n in units[u]]
     converted = convert_opset(fp32, opset)
     opset = next(o.version for o in converted.opset_import if o.domain in ("", "ai.onnx"))
-    model, counts = write_bf16(converted, tensor_types(converted), set(islands) | set(forced), opset)
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the BF16 graph does not pass onnx's checker ({' '.join(str(exc).split())[:200]}); "
-                          f"export without --bf16") from None
-    onnx.save(model, str(dst))
-    runner = artifact_runner(dst) if artifact_runner else None
-    artifact = None
-    if runner is not None:
-        artifact = {"runtime": runner.runtime, "psnr_drop_db": round(held.drop(runner), 4)}
+    converted_types = tensor_types(converted)
+
+    def write(islands: List[str]) -> Dict[str, int]:
+        model, counts = write_bf16(converted, converted_types, set(islands) | set(forced), opset)
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"the BF16 graph does not pass onnx's checker ({' '.join(str(exc).split())[:200]}); "
+                              f"export without --bf16") from None
+        onnx.save(model, str(dst))
+        return counts
+
+    def measure_file() -> Optional[Dict[str, object]]:
+        runner = artifact_runner(dst) if artifact_runner else None
+        return {"runtime": runner.runtime, "psnr_drop_db": round(held.drop(runner), 4)} if runner else None
+
+    # The file with every convertible node in BF16 first: when it meets the budget (AgileIR, LIPT here) there is
+    # nothing to rank and the rounding model (several times the graph) is never built.
+    counts = write([])
+    artifact = measure_file()
+    cap = max_islands if max_islands is not None else max(1, len(units) // 2)
+    if artifact is not None and artifact["psnr_drop_db"] <= max_psnr_drop:
+        drop = float(artifact["psnr_drop_db"])
+        search = SearchResult(list(range(len(units))), [float("nan")] * len(units), 0, drop, drop, [(0, drop)])
+    else:
+        switch = SwitchRunner(rounding_model(fp32, types, units, SELECTOR), len(units))
+        crops = build_search_inputs(held.lr, n=2, crop=48)  # a ranking; the budget is checked on every pair
+        refs = [held.fp32_output(x).astype(np.float64) for x in crops]
+        mse = measure_sensitivity(switch, len(units), crops, refs, label="bf16")
+        order = sorted(range(len(units)), key=lambda u: -mse[u])
+
+        def drop_of(k: int) -> float:
+            sel = np.ones(len(units), bool)
+            sel[order[:k]] = False
+            return held.drop_of(lambda x: switch.infer(x, sel))
+
+        search = search_fallback(drop_of, mse, max_psnr_drop, cap, label="bf16")
+        islands = [n for u in search.order[:search.kept_units] for n in units[u]]
+        counts = write(islands)
+        artifact = measure_file()
+    islands = [n for u in search.order[:search.kept_units] for n in units[u]]
     budget_met = search.drop <= max_psnr_drop
     if not budget_met:
         logger.warning(f"[bf16] held-out PSNR-Y drop {search.drop:.3f} dB exceeds the budget {max_psnr_drop:.3f} dB "
                        f"with {len(islands)} FP32 island(s) (cap {cap}); the BF16 artifact is written anyway")
     logger.info(f"[bf16] {len(islands)} of {len(node_ops)} arithmetic node(s) kept FP32; held-out PSNR-Y drop "
-                f"{search.drop:.4f} dB (rounding model)" + (f", {artifact['psnr_drop_db']:.4f} dB on "
-                                                             f"{artifact['runtime']}" if artifact else ""))
+                f"{search.drop:.4f} dB" + (f"; the file on {artifact['runtime']}: {artifact['psnr_drop_db']:.4f} dB"
+                                           if artifact else ""))
     mse_by_unit = dict(enumerate(search.output_mse))
     island_rows = [{"node": n, "op": node_ops[n], "reason": "measured: with only this node in BF16 the output is "
                     f"{_db_alone(mse_by_unit[u])} dB PSNR from FP32, among the most sensitive (held-out ranking)",
@@ -141,6 +154,8 @@ def convert_bf16(src: Path, dst: Path, *, held: HeldOut, max_psnr_drop: float = 
         "sensitivity_top": [{"node": unit_label(units[u]), "output_psnr_db_alone": _db_alone(mse_by_unit[u]),
                              "kept_fp32": k < search.kept_units}
                             for k, u in enumerate(search.order[:ISLAND_TABLE]) if np.isfinite(mse_by_unit[u])],
+        "sensitivity": "measured" if search.kept_units or np.isfinite(search.output_mse).any() else
+                       "skipped: the all-BF16 file meets the budget",
     }}
 
 
