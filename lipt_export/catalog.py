@@ -61,7 +61,12 @@ FAMILIES: Dict[str, Family] = {
 
 # -- artifacts, backends, runtimes ----------------------------------------------------------------------------
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+# the ONNX opset a reduced-precision file is written in (others: the export's --opset): bfloat16 Conv exists from
+# opset 22, FLOAT8E4M3FN Q/DQ from opset 19
+PRECISION_OPSETS = {"bf16": 22, "fp8": 19}
+# CPU runtimes that cannot execute a precision's files, and why (measured: ORT 1.31 CPU refuses Conv(22) bf16)
+RUNTIME_CANNOT_RUN = {("onnxruntime", "bf16"): "ONNX Runtime's CPU provider has no bfloat16 Conv (opset 22)"}
 FORMATS = ("onnx", "tensorrt")
 # what builds engines at export (auto: datacenter TensorRT with a GPU, else TensorRT-RTX, else ONNX only)
 EXPORT_BACKENDS = ("auto", "onnxruntime", "tensorrt", "tensorrt-rtx")
@@ -111,9 +116,47 @@ DEFAULT_SCALE = 4
 DEFAULT_PARITY_SIZES = ((64, 64), (37, 51))  # the second is not a multiple of any window
 CALIB_COUNT, CALIB_SIZE, CALIB_METHOD = 32, 64, "minmax"
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-MAX_PSNR_DROP_DB = 0.10  # INT8: PSNR-Y drop vs FP32 on held-out images before nodes fall back to float
+MAX_PSNR_DROP_DB = 0.10  # INT8/FP8: PSNR-Y drop vs FP32 on held-out images before nodes fall back to float
+# ops kept FP32 in a BF16 file because the engine builder refuses them in BF16 (measured, TensorRT-RTX 1.7.1.116:
+# SMSR's ConvTranspose in BF16 fails the build: Myelin "Could not infer output types for operation ... deconv ...
+# filterWeightsBFloat"; FP16 and FP32 deconvolutions build)
+BF16_FP32_OPS = {"ConvTranspose": "TensorRT-RTX 1.7 builds no BF16 deconvolution (Myelin: could not infer output "
+                                  "types for the deconv with bfloat16 weights)"}
+BF16_MAX_PSNR_DROP_DB = 0.01  # BF16: the same, before nodes become FP32 islands (BF16 is the accurate fallback)
 FLOAT_RUNTIME_BUDGET_DB = 0.01  # |delta PSNR-Y| allowed when a CPU runtime changes an fp32/fp16 file's arithmetic
 COMPUTE_CAPABILITIES = ("8.6", "8.9", "12.0")  # TensorRT-RTX targets: RTX 30xx, 40xx/L4/L40, 50xx
+# The least compute capability that runs a precision (TensorRT-RTX support matrix: BF16 "Yes" from 8.0/8.6, "No" on
+# 7.5; FP8 only "on Ada and later architectures (compute capability 8.9 or later)"). Measured with TensorRT-RTX
+# 1.7.1: BF16 builds for 8.0/8.6/8.9/12.0 and not 7.5; FP8 Q/DQ builds for 8.9 and fails for 8.6 ("Cannot compile
+# for target(s) sm86, because the model contains HW-specific datatypes: fp8_e4m3").
+# INT8 (weight-only on RTX) is "No" on 7.5 in the same matrix.
+PRECISION_MIN_CC = {"bf16": (8, 0), "int8": (8, 0), "fp8": (8, 9)}
+# --precision auto: cheapest first, as the GPU executes it; a target takes the first within --max-psnr-drop
+AUTO_ORDER = ("fp8", "int8", "fp16", "bf16", "fp32")
+AUTO_PRECISIONS = ("fp16", "bf16", "int8", "fp8")  # the candidates --precision auto exports and measures
+# TensorRT-RTX's support matrix has no activation-INT8 column: its INT8 entry is "INT8 WoQ GEMM" (weight-only
+# quantization); the 1.7 release notes: "FP8 and INT8 weight-only-quantized convolutions benefit from smaller engines
+# and lower peak GPU memory usage".
+RTX_INT8_NOTE = ("TensorRT-RTX runs INT8 as weight-only quantization on RTX GPUs (support matrix: \"INT8 WoQ GEMM\"): "
+                 "a smaller engine and less memory, not INT8 tensor-core math")
+
+
+def precision_skip_reason(capability: str, precision: str) -> Optional[str]:
+    """Why a GPU of compute capability ``capability`` ("8.6") cannot run a ``precision`` engine, or None."""
+    need = PRECISION_MIN_CC.get(precision)
+    try:
+        have = tuple(int(v) for v in capability.split("."))
+    except ValueError:
+        return None
+    if need is None or have >= need:
+        return None
+    return (f"{precision.upper()} needs compute capability {need[0]}.{need[1]} or later (TensorRT-RTX support matrix); "
+            f"{capability} has no {precision.upper()} kernels")
+
+
+def runtime_cannot_run(runtime: str, precision: str) -> Optional[str]:
+    """Why the CPU runtime ``runtime`` cannot execute a ``precision`` file, or None."""
+    return RUNTIME_CANNOT_RUN.get((runtime, precision))
 ENGINE_BATCH, ENGINE_WORKSPACE_GIB, ENGINE_OPT_LEVEL = "1:1:1", 4.0, 3
 
 # ONNX opsets each exporter can write for these graphs (TorchScript: torch's ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET;

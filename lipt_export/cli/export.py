@@ -7,7 +7,8 @@ import click
 from lipt_export.catalog import (CALIB_COUNT, CALIB_METHOD, CALIB_METHODS, CALIB_SIZE, COMPUTE_CAPABILITIES,
                                  DEFAULT_OPSET, DEFAULT_PARITY_SIZES, DEFAULT_SCALE, ENGINE_BATCH, ENGINE_OPT_LEVEL,
                                  ENGINE_WORKSPACE_GIB, EXPORT_BACKENDS, FAMILIES, MAX_PSNR_DROP_DB, OPSETS,
-                                 check_choice, check_opset)
+                                 PRECISION_OPSETS, check_choice, check_opset)
+from lipt_export.errors import UsageError
 from lipt_export.cli.options import arch_options, check_output_file, parse_size, write_models_table
 from lipt_export.engines.shapes import check_profile_fits, default_shapes, parse_profile
 from lipt_export.fileio import write_json_atomic
@@ -48,13 +49,24 @@ class _ExportCommand(click.Command):
 @click.option("--fp16", is_flag=True, help="Also produce an FP16 ONNX (FP32 islands where activations overflow).")
 @click.option("--fp16-io", is_flag=True, help="Make the FP16 model's input/output float16 too.")
 @click.option("--int8", is_flag=True, help="Also produce an INT8 explicit Q/DQ ONNX (needs --calib).")
+@click.option("--bf16", is_flag=True, help=f"Also produce a BF16 ONNX (opset {PRECISION_OPSETS['bf16']}; FP32 islands "
+              "measured on held-out pairs: --calib when given, else synthetic). Engines only for compute capability "
+              ">= 8.0.")
+@click.option("--fp8", is_flag=True, help=f"Also produce an FP8 E4M3 explicit Q/DQ ONNX (opset "
+              f"{PRECISION_OPSETS['fp8']}; needs --calib; INT8's fallback and --max-psnr-drop). Engines only for "
+              "compute capability >= 8.9.")
+@click.option("--precision", "precision_mode", default=None, type=click.Choice(["auto"]),
+              help="auto: export fp16, bf16, int8 and fp8, measure each one's PSNR-Y drop against fp32 on the "
+                   "held-out --calib images, and build per target (--compute-capabilities) the cheapest within "
+                   "--max-psnr-drop (FP8 > INT8 > FP16 > BF16 > FP32). Needs --calib.")
 @click.option("--calib", default=None, type=click.Path(), help="Folder of representative HR images (LR with --calib-lr).")
 @click.option("--calib-lr", is_flag=True, help="--calib images are already LR inputs.")
 @click.option("--calib-count", default=CALIB_COUNT, show_default=True, type=int, help="Calibration patches.")
 @click.option("--calib-size", default=CALIB_SIZE, show_default=True, type=int, help="LR calibration patch size.")
 @click.option("--calib-method", default=CALIB_METHOD, show_default=True, type=click.Choice(CALIB_METHODS))
 @click.option("--max-psnr-drop", default=MAX_PSNR_DROP_DB, show_default=True, type=float,
-              help="INT8 budget: PSNR-Y drop vs FP32 (dB) on held-out images before nodes fall back to float.")
+              help="INT8/FP8 budget (and --precision auto's): PSNR-Y drop vs FP32 (dB) on held-out images before nodes "
+                   "fall back to float.")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(EXPORT_BACKENDS),
               help="Engines: tensorrt = TensorRT for this machine's GPU; tensorrt-rtx = TensorRT-RTX ahead of time "
                    "for --compute-capabilities (no GPU needed); auto = TensorRT with a GPU, else TensorRT-RTX when "
@@ -80,13 +92,19 @@ class _ExportCommand(click.Command):
 @click.option("--no-lint", is_flag=True, help="Skip the TensorRT-compatibility lint.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Also write the summary JSON here.")
 def command(model, variant, scale, weights, config_file, agileir_attention, out, name, overwrite, opset, dynamo, simplifier,
-            no_simplify, fp16, fp16_io, int8, calib, calib_lr, calib_count, calib_size, calib_method, max_psnr_drop,
+            no_simplify, fp16, fp16_io, int8, bf16, fp8, precision_mode, calib, calib_lr, calib_count, calib_size, calib_method, max_psnr_drop,
             backend, compute_capabilities, shapes, batch, workspace, builder_opt_level, timing_cache, parity_sizes,
             parity_images, seed, no_lint, json_path):
     """Export a model: reparameterize, ONNX, simplify, precision variants, engines, validate, manifest."""
     check_choice(model, variant, scale)  # seconds before torch is imported
     check_opset(opset, dynamo)
     check_profile_fits(model, scale, parse_profile(shapes or default_shapes(model), batch))
+    needs_calib = [flag for flag, on in (("INT8", int8), ("FP8", fp8), ("--precision auto", precision_mode)) if on]
+    if needs_calib and not calib:
+        raise UsageError(f"{' and '.join(needs_calib)} need{'s' if len(needs_calib) == 1 else ''} representative "
+                         f"images: pass --calib DIR (a folder of natural photos like those the model will upscale)")
+    if max_psnr_drop <= 0:
+        raise UsageError(f"--max-psnr-drop must be a positive number of dB, got {max_psnr_drop:g}")
     if json_path:
         check_output_file(json_path, "--json")  # before minutes of work, not after
     # deferred: torch and the whole pipeline load only once the cheap checks passed
@@ -98,7 +116,7 @@ def command(model, variant, scale, weights, config_file, agileir_attention, out,
                        arch_options=arch_options(model, agileir_attention), out=out, name=name, overwrite=overwrite,
                        opset=opset, dynamo=dynamo, simplify="none" if no_simplify else simplifier,
                        parity_sizes=sizes, parity_images=parity_images, seed=seed, fp16=fp16, fp16_io=fp16_io,
-                       int8=int8, calib=calib, calib_lr=calib_lr, calib_count=calib_count, calib_size=calib_size,
+                       int8=int8, bf16=bf16, fp8=fp8, precision=precision_mode or "explicit", calib=calib, calib_lr=calib_lr, calib_count=calib_count, calib_size=calib_size,
                        calib_method=calib_method, max_psnr_drop=max_psnr_drop, backend=backend, lint=not no_lint,
                        engine=EngineOptions(shapes=shapes, batch=batch, workspace_gib=workspace,
                                             builder_opt_level=builder_opt_level, timing_cache=timing_cache,
@@ -136,9 +154,33 @@ def print_summary(result) -> None:
         pending = [e for e in engines if e.parity_pending]
         if pending:
             engine = pending[0].engine
-            click.echo(f"  these engines run on GPUs of compute capability {', '.join(engine.compute_capabilities)} "
+            caps = sorted({c for e in pending for c in e.engine.compute_capabilities}, key=lambda c: tuple(
+                int(v) for v in c.split(".")))
+            click.echo(f"  these engines run on GPUs of compute capability {', '.join(caps)} "
                        f"with {engine.label}; check them there with `lipt-export verify {result.out_dir}` (Triton's "
                        f"TensorRT backend cannot load TensorRT-RTX plans: `lipt-export triton` serves the ONNX file)")
+    auto_only = [x["precision"] for x in man.engines_skipped if x["why"].startswith("--precision auto")
+                 and x["why"].count("--precision auto") == len(x["compute_capabilities"])]
+    if auto_only:
+        click.echo(f"  no {', '.join(auto_only)} engine: --precision auto builds each target's chosen precision only")
+    for skip in man.engines_skipped:
+        if skip["precision"] not in auto_only:
+            click.echo(f"  no {skip['precision']} engine: {skip['why']}")
+    for e in engines:
+        for cc, why in e.engine.skipped:
+            if not why.startswith("--precision auto"):
+                click.echo(f"  {e.path}: not built for {cc}: {why}")
+    if any(e.precision == "int8" and e.engine.runtime == "tensorrt-rtx" for e in engines):
+        from lipt_export.catalog import RTX_INT8_NOTE  # deferred: as above
+
+        click.echo(f"  int8 engine: {RTX_INT8_NOTE}")
+    auto = man.precision_auto
+    if auto is not None:
+        from lipt_export.export.precision.auto import summary_lines  # deferred: as above
+
+        click.echo("")
+        for line in summary_lines(auto):
+            click.echo(line)
     for e in man.select("onnx", "int8"):
         speed = e.int8_speed
         if speed:

@@ -1,8 +1,9 @@
 """Precision audit of a parsed, strongly typed TensorRT network, and its cross-check against what the precision
 stages recorded (users' first complaint about TensorRT 11: FP16 builds that silently stay FP32).
 
-Compute layers are convolutions, deconvolutions and matrix multiplies. A layer counts as int8 when its data and
-weight inputs both come from dequantize layers reading int8; otherwise it computes in its data input's type.
+Compute layers are convolutions, deconvolutions and matrix multiplies. A layer counts as int8 (fp8) when its data and
+weight inputs both come from dequantize layers reading int8 (fp8); otherwise it computes in its data input's type
+(fp32, fp16, bf16).
 """
 from __future__ import annotations
 
@@ -14,32 +15,46 @@ COMPUTE_TYPES = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY")
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
+AUDITED = ("fp32", "fp16", "bf16", "int8", "fp8")
+
+
 def audit_network(trt, network) -> Dict[str, Any]:
-    """{"compute_layers", "by_precision": {fp32, fp16, int8, ...}, "fp32_layers": [...], "int8_layers": [...]}."""
+    """{"compute_layers", "by_precision": {fp32, fp16, bf16, int8, fp8}, "<precision>_layers": [...] for each}."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     producer = {layer.get_output(k).name: layer for layer in layers for k in range(layer.num_outputs)}
     compute = {getattr(trt.LayerType, t) for t in COMPUTE_TYPES}
     names = {trt.DataType.FLOAT: "fp32", trt.DataType.HALF: "fp16", trt.DataType.BF16: "bf16"}
 
-    def int8_dequantized(tensor) -> bool:
-        src = producer.get(tensor.name) if tensor is not None else None
-        return (src is not None and src.type == trt.LayerType.DEQUANTIZE
-                and src.get_input(0) is not None and src.get_input(0).dtype == trt.DataType.INT8)
+    # layers that only move values: the parser puts a shuffle between a weight's DequantizeLinear and a batched
+    # MatMul (ESRT's 3-D x 2-D attention projections), which still computes on the dequantized INT8/FP8 values
+    moves = {getattr(trt.LayerType, t) for t in ("SHUFFLE", "IDENTITY") if hasattr(trt.LayerType, t)}
 
-    by: Dict[str, List[str]] = {"fp32": [], "fp16": [], "int8": []}
+    def dequantized_from(tensor) -> Any:
+        src = producer.get(tensor.name) if tensor is not None else None
+        for _ in range(4):
+            if src is None or src.type not in moves or src.get_input(0) is None:
+                break
+            src = producer.get(src.get_input(0).name)
+        if src is None or src.type != trt.LayerType.DEQUANTIZE or src.get_input(0) is None:
+            return None
+        return src.get_input(0).dtype
+
+    quantized = {trt.DataType.INT8: "int8", getattr(trt.DataType, "FP8", None): "fp8"}
+    by: Dict[str, List[str]] = {k: [] for k in AUDITED}
     for layer in layers:
         if layer.type not in compute:
             continue
         data = layer.get_input(0)
         weight = layer.get_input(1) if layer.num_inputs > 1 else None
-        if int8_dequantized(data) and int8_dequantized(weight):
-            kind = "int8"
+        q_data, q_weight = dequantized_from(data), dequantized_from(weight)
+        if q_data is not None and q_data == q_weight and q_data in quantized:
+            kind = quantized[q_data]
         else:
             kind = names.get(data.dtype, str(data.dtype).rsplit(".", 1)[-1].lower())
         by.setdefault(kind, []).append(layer.name)
     total = sum(len(v) for v in by.values())
     return {"compute_layers": total, "by_precision": {k: len(v) for k, v in by.items()},
-            "fp32_layers": sorted(by["fp32"]), "fp16_layers": sorted(by["fp16"]), "int8_layers": sorted(by["int8"])}
+            **{f"{k}_layers": sorted(by[k]) for k in AUDITED}}
 
 
 def audit_summary(audit: Mapping[str, Any], precision: str) -> Dict[str, Any]:
@@ -53,9 +68,9 @@ def audit_summary(audit: Mapping[str, Any], precision: str) -> Dict[str, Any]:
 
 def cross_check(artifact: str, audit: Mapping[str, Any], claims: Mapping[str, Optional[Sequence[str]]]) -> None:
     """Fail naming the layers where the engine's precision differs from what the export recorded. ``claims``
-    maps "fp32"/"fp16"/"int8" to the compute-node names the export says run in that precision (None: no claim)."""
+    maps "fp32"/"fp16"/"bf16"/"int8"/"fp8" to the compute-node names the export says run in that precision (None: no claim)."""
     problems = []
-    found = {k: set(audit[f"{k}_layers"]) for k in ("fp32", "fp16", "int8")}
+    found = {k: set(audit.get(f"{k}_layers", ())) for k in AUDITED}
     for kind, want in claims.items():
         if want is None:
             continue
@@ -80,13 +95,23 @@ def qdq_compute_nodes(model) -> List[Any]:
 
 def precision_claims(onnx_path, entry) -> Dict[str, Optional[set]]:
     """What the precision stages recorded about an ONNX artifact (an ``ArtifactEntry`` of the file at
-    ``onnx_path``), for :func:`cross_check`: compute nodes that run in FP32 (fp16: exactly the recorded FP32 islands)
-    and in INT8 (int8: exactly the Q/DQ'd nodes, the recorded float fallbacks excluded). None = no claim."""
+    ``onnx_path``), for :func:`cross_check`: compute nodes that run in FP32 (fp16/bf16: exactly the recorded FP32
+    islands) and in INT8/FP8 (exactly the Q/DQ'd nodes, the recorded float fallbacks excluded). None = no claim."""
+    none_of = {k: set() for k in AUDITED}
     if entry.precision == "fp16":
         islands = {i.node for i in (entry.fp16.islands if entry.fp16 else ()) if i.op in COMPUTE_OPS}
-        return {"fp32": islands, "int8": set()}
-    if entry.precision == "int8":
-        import onnx  # deferred: only INT8 files are read here
+        return {**none_of, "fp32": islands, "fp16": None}
+    if entry.precision == "bf16":
+        return {**none_of, "fp32": set(entry.bf16.fp32_compute_nodes) if entry.bf16 else None, "bf16": None}
+    if entry.precision in ("int8", "fp8"):
+        import onnx  # deferred: only Q/DQ files are read here
 
-        return {"int8": {n.name for n in qdq_compute_nodes(onnx.load(str(onnx_path)))}, "fp32": None, "fp16": set()}
-    return {"fp16": set(), "int8": set()}
+        nodes = {n.name for n in qdq_compute_nodes(onnx.load(str(onnx_path)))}
+        return {**none_of, entry.precision: nodes, "fp32": None}
+    return {**none_of, "fp32": None}
+
+
+def claimed_share(audit: Mapping[str, Any], precision: str) -> float:
+    """The share of compute layers an engine runs in its artifact's precision (fp32 engines: fp32)."""
+    n = max(1, audit["compute_layers"])
+    return audit["by_precision"].get(precision, 0) / n

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from lipt_export.catalog import (COMPUTE_CAPABILITIES, ENGINE_BATCH, ENGINE_OPT_LEVEL, ENGINE_WORKSPACE_GIB,
-                                 EXPORT_BACKENDS, artifact_name)
+                                 EXPORT_BACKENDS, RTX_INT8_NOTE, artifact_name, precision_skip_reason)
 from lipt_export.engines.audit import audit_network, audit_summary, cross_check
 from lipt_export.engines.shapes import (DEFAULT_SHAPES, ElementReport, check_max_shape, check_profile_fits,
                                         default_shapes, parse_profile)
@@ -39,6 +39,7 @@ from lipt_export.runtime.trt import (current_environment, load_engine_runner, re
 from lipt_export.validation.parity import compare, psnr_parity_ok
 
 logger = logging.getLogger(__name__)
+FLAVOR_LABELS = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
 
 # Ampere (RTX 30xx, A-series), Ada (RTX 40xx, L4/L40), Blackwell consumer (RTX 50xx): the cards TensorRT-RTX
 # targets today (catalog.COMPUTE_CAPABILITIES). Each extra capability adds its kernels to the plan.
@@ -193,11 +194,20 @@ def _build_plan(flavor: str, parsed: ParsedNetwork, profile: ProfileSpec, input_
 
         config = CreateConfig(memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * (1 << 30))},
                               **common)
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
-        plan = EngineBytesFromNetwork((parsed.builder, parsed.network, parsed.parser), config=config,
-                                      save_timing_cache=cache)()
+    from polygraphy.exception import PolygraphyException
+
+    log = _capture_logger(trt)
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.ERROR):
+            plan = EngineBytesFromNetwork((parsed.builder, parsed.network, parsed.parser), config=config,
+                                          save_timing_cache=cache)()
+    except PolygraphyException:
+        plan = None
     if plan is None:
-        raise EngineError("TensorRT could not build the engine; see the log above")
+        severe = (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR)
+        errors = [" ".join(m.split())[:300] for sv, m in log.messages if sv in severe]
+        raise EngineError(f"{FLAVOR_LABELS.get(flavor, flavor)} could not build the engine: "
+                          f"{errors[-1] if errors else 'no message'}")
     return bytes(plan)
 
 
@@ -221,15 +231,53 @@ def _targets(flavor: str, options: EngineOptions, trt) -> Dict[str, Any]:
     return {"runtime": "tensorrt", **env, "compute_capabilities": [env["compute_capability"]]}
 
 
+@dataclass
+class EngineTargets:
+    """Per precision: the compute capabilities its engine is built for, and those asked for but skipped, with why
+    (a GPU that cannot run the precision, or ``--precision auto`` chose another precision for it)."""
+
+    build: Dict[str, List[str]]
+    skipped: Dict[str, List[Dict[str, str]]]
+
+    def skipped_engines(self) -> List[Dict[str, Any]]:
+        """Precisions with no engine at all: every target skipped."""
+        return [{"precision": p, "compute_capabilities": [x["compute_capability"] for x in why],
+                 "why": "; ".join(dict.fromkeys(x["why"] for x in why))}
+                for p, why in self.skipped.items() if not self.build.get(p)]
+
+
+def engine_targets(flavor: str, options: EngineOptions, precisions: Sequence[str],
+                   chosen: Optional[Mapping[str, str]] = None) -> EngineTargets:
+    """Which targets each precision's engine is built for: TensorRT-RTX's ``--compute-capabilities`` (datacenter
+    TensorRT: this GPU), minus those that cannot run the precision (catalog.precision_skip_reason) and, with
+    ``chosen`` (compute capability -> precision, from ``--precision auto``), those that chose another precision."""
+    caps = list(options.compute_capabilities) if flavor == "tensorrt-rtx" else \
+        [current_environment()["compute_capability"]]
+    build: Dict[str, List[str]] = {}
+    skipped: Dict[str, List[Dict[str, str]]] = {}
+    for precision in precisions:
+        for cc in caps:
+            why = precision_skip_reason(cc, precision)
+            if why is None and chosen is not None and chosen.get(cc, precision) != precision:
+                why = f"--precision auto chose {chosen[cc]} for {cc}"
+            if why is None:
+                build.setdefault(precision, []).append(cc)
+            else:
+                skipped.setdefault(precision, []).append({"compute_capability": cc, "why": why})
+    return EngineTargets(build, skipped)
+
+
 def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], manifest: Manifest,
                              options: EngineOptions, parity_inputs: Sequence[np.ndarray],
                              reference_runner: Runner, flavor: str = "tensorrt",
                              claims: Optional[Callable[[ArtifactEntry], Mapping[str, Any]]] = None,
-                             max_shape: Optional[ElementReport] = None) -> List[ArtifactEntry]:
+                             max_shape: Optional[ElementReport] = None,
+                             targets: Optional[EngineTargets] = None) -> List[ArtifactEntry]:
     """Called by the export pipeline with the finished ONNX artifacts (paths relative to ``root``): parse, audit
-    (cross-checked against ``claims(entry)``: what the precision stages recorded), build one engine each, and
-    validate it against the eager reference where it can run here. ``max_shape``: the fp32 graph's 2^31 check for
-    this profile when the caller already ran it. Returns the engines' manifest entries."""
+    (cross-checked against ``claims(entry)``: what the precision stages recorded), build one engine each for the
+    targets ``targets`` gives its precision (default: all; a precision with none is not built), and validate it
+    against the eager reference where it can run here. ``max_shape``: the fp32 graph's 2^31 check for this profile
+    when the caller already ran it. Returns the engines' manifest entries."""
     if flavor == "tensorrt":
         require_tensorrt()
     else:
@@ -243,11 +291,18 @@ def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], 
     report = max_shape or check_max_shape(fp32, profile)  # before any build: minutes saved, clear message
     logger.info(f"[engine] {flavor} {trt.__version__}; profile {profile.as_dict(input_name)}; largest tensor at max "
                 f"shape: {report.tensor} {report.largest:,} elements")
-    targets = _targets(flavor, options, trt)
     # Timing caches are no-ops in TensorRT-RTX (deprecated since 1.2; using one only adds warnings).
     cache = None if flavor == "tensorrt-rtx" else Path(options.timing_cache or (Path(root).parent / ".trt-timing.cache"))
     entries: List[ArtifactEntry] = []
     for source in onnx_entries:
+        caps = targets.build.get(source.precision, []) if targets is not None else None
+        skipped = targets.skipped.get(source.precision, []) if targets is not None else []
+        for x in skipped:
+            logger.info(f"[engine] {source.precision} not built for {x['compute_capability']}: {x['why']}")
+        if caps is not None and not caps:
+            continue
+        these = replace(options, compute_capabilities=tuple(caps)) if caps is not None else options
+        target_info = _targets(flavor, these, trt)
         onnx_path = Path(root) / source.path
         engine_path = Path(root) / artifact_name("tensorrt", source.precision)
         parsed = parse_onnx(trt, onnx_path, strongly_typed_flag=flavor == "tensorrt")
@@ -257,9 +312,9 @@ def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], 
         if claims is not None:
             cross_check(onnx_path.name, audit, claims(source))
         logger.info(f"[engine] building {engine_path.name} from {onnx_path.name} for "
-                    f"{', '.join(targets['compute_capabilities'])}")
+                    f"{', '.join(target_info['compute_capabilities'])}")
         t0 = time.perf_counter()
-        plan = _build_plan(flavor, parsed, profile, input_name, options, cache)
+        plan = _build_plan(flavor, parsed, profile, input_name, these, cache)
         seconds = time.perf_counter() - t0
         log = _capture_logger(trt)  # parse + build messages of this network
         build_warnings = [m for sv, m in log.messages if sv == trt.ILogger.Severity.WARNING
@@ -267,13 +322,15 @@ def build_engines_for_export(root: Path, onnx_entries: Sequence[ArtifactEntry], 
         save_atomic(engine_path, lambda tmp: Path(tmp).write_bytes(plan))
         entry = ArtifactEntry.for_file(
             engine_path, root, fmt="tensorrt", precision=source.precision, source_onnx=onnx_path.name,
-            source_onnx_sha256=sha256_file(onnx_path), profile=profile.as_dict(input_name), **targets,
+            source_onnx_sha256=sha256_file(onnx_path), profile=profile.as_dict(input_name), **target_info,
+            targets_skipped=skipped,
             builder={"strongly_typed": True, "workspace_gib": options.workspace_gib,
                      "builder_opt_level": options.builder_opt_level, "timing_cache": cache.name if cache else None,
                      "polygraphy_loaders": True},
             build_s=round(seconds, 2), parser={"errors": parsed.errors, "warnings": parsed.warnings},
             build_warnings=build_warnings,
             precision_audit=audit_summary(audit, source.precision),
+            **({"note": RTX_INT8_NOTE} if flavor == "tensorrt-rtx" and source.precision == "int8" else {}),
             **({"fp16_io": source.io_dtype} if source.io_dtype != "float32" else {}))
         entry = entry.with_details(parity=_engine_parity(flavor, engine_path, entry, manifest, onnx_path, source,
                                                          parity_inputs, reference_runner))

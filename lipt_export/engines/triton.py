@@ -24,6 +24,7 @@ import lipt_export.errors
 import lipt_export.runtime.base
 import lipt_export.runtime.tiling
 import lipt_export.tiling
+from lipt_export.catalog import runtime_cannot_run
 from lipt_export.errors import ArtifactError, TritonError
 from lipt_export.fileio import staged_dir
 from lipt_export.manifest import (ArtifactEntry, Manifest, ProfileSpec, demo_weights_warning, read_manifest,
@@ -146,6 +147,11 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
     manifest = read_manifest(export_dir if export_dir.is_dir() else export_dir.parent)
     entry = choose_triton_entry(manifest, precision, fmt)
     fmt = entry.format
+    cannot = runtime_cannot_run("onnxruntime", entry.precision) if fmt == "onnx" else None
+    if cannot:
+        raise TritonError(f"Triton's onnxruntime backend cannot serve {entry.path}: {cannot} (lipt-export runs it "
+                          f"locally through a widened graph; Triton loads the file as is); serve --precision fp16 or "
+                          f"fp32, or run the bf16 engine with TensorRT-RTX")
     platform, filename = PLATFORMS[fmt]
     source = checked_artifact(manifest, entry).path  # inside the export, sha256 and description as recorded
     if max_batch < 0 or instances < 1:
@@ -166,7 +172,9 @@ def write_triton_model(export_dir: str | Path, repo: str | Path, *, name: Option
         raise TritonError("a TensorRT plan runs on GPU instances only; drop --kind cpu or use the ONNX model")
     if threads is not None and threads < 0:
         raise TritonError(f"--threads must be >= 0 (0: ONNX Runtime's default), got {threads}")
-    params = {"intra_op_thread_count": threads} if threads is not None and fmt == "onnx" else None
+    params = {"intra_op_thread_count": threads} if threads is not None and fmt == "onnx" else {}
+    if fmt == "onnx" and entry.precision == "fp8":  # ORT's extended optimisations mishandle FP8 (runtime/ort.py)
+        params["graph_optimization_level"] = "basic"
     text = render_config(name, platform, io, max_batch, instances, kind, dynamic_batching, preferred_batch,
                          max_queue_delay_us, params)
     spec = _tiled_spec(name, io, manifest, tile, overlap, profile) if tiled else None

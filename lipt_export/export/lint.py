@@ -297,6 +297,9 @@ class _Linter:
         data = self.g.const(node.input[0]) if node.op_type == "DequantizeLinear" else None
         if data is None and node.op_type == "QuantizeLinear":
             data = self.g.const(node.input[0])
+        src = self.g.producer.get(node.input[0])
+        if data is None and src is not None and src.op_type == "QuantizeLinear":
+            data = self.g.const(src.input[0])  # a weight quantized in the graph (Q -> DQ on an initializer: ModelOpt)
         if data is None:
             self.add("error", label, f"per-channel scales ({scale.size}) on an activation: TensorRT quantizes "
                                      f"activations per-tensor", "qdq")

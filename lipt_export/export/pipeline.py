@@ -4,7 +4,8 @@
 1. model: build the training graph, load the checkpoint (or demo weights), reparameterize, float64 check;
 2. onnx, simplify: ``model.onnx`` (dynamic H/W); with engines to build, the profile's max shape is checked on it
    at once (engines/shapes.py);
-3. fp16, int8: the precision variants (export/precision/);
+3. fp16, bf16, int8, fp8: the precision variants (export/precision/); with ``--precision auto`` all four, their
+   drops measured on the held-out pairs and a precision chosen per target (export/precision/auto.py);
 4. parity: every ONNX file against the eager deploy graph, under the gates of validation/parity.py;
 5. lint; golden.npz; runtime: the CPU runtime choice per file and whether INT8 earns its place;
 6. engine: TensorRT / TensorRT-RTX engines (engines/tensorrt.py: backend resolution, audit against the precision
@@ -28,15 +29,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from lipt_export.catalog import (CALIB_COUNT, CALIB_METHOD, CALIB_METHODS, CALIB_SIZE, DEFAULT_OPSET,
-                                 DEFAULT_PARITY_SIZES, DEFAULT_SCALE, EXPORT_BACKENDS, MAX_PSNR_DROP_DB,
-                                 artifact_name, check_opset, family)
+from lipt_export.catalog import (AUTO_PRECISIONS, BF16_MAX_PSNR_DROP_DB, CALIB_COUNT, CALIB_METHOD, CALIB_METHODS,
+                                 CALIB_SIZE, DEFAULT_OPSET, DEFAULT_PARITY_SIZES, DEFAULT_SCALE, EXPORT_BACKENDS,
+                                 MAX_PSNR_DROP_DB, artifact_name, check_opset, family)
 from lipt_export.engines.audit import precision_claims
 from lipt_export.engines.shapes import check_max_shape
-from lipt_export.engines.tensorrt import EngineOptions, build_engines_for_export, resolve_engine_backend
+from lipt_export.engines.tensorrt import (EngineOptions, build_engines_for_export, engine_targets,
+                                          resolve_engine_backend)
 from lipt_export.errors import ExportError
 from lipt_export.export.lint import lint_onnx
 from lipt_export.export.onnx_export import export_onnx, node_count
+from lipt_export.export.precision import auto as precision_auto
+from lipt_export.export.precision.bf16 import convert_bf16
+from lipt_export.export.precision.calibration.heldout import HeldOut, heldout_pairs
+from lipt_export.export.precision.fp8 import quantize_fp8
 from lipt_export.export.precision.fp16 import Fp16Options, convert_fp16
 from lipt_export.export.precision.int8 import quantize_int8
 from lipt_export.export.simplify import simplify_onnx
@@ -87,12 +93,16 @@ class ExportConfig:
     fp16: bool = False
     fp16_io: bool = False  # implies fp16
     int8: bool = False
+    bf16: bool = False
+    fp8: bool = False
+    precision: str = "explicit"  # "auto": every reduced precision, measured, one chosen per engine target
     calib: Optional[str] = None
     calib_lr: bool = False
     calib_count: int = CALIB_COUNT
     calib_size: int = CALIB_SIZE
     calib_method: str = CALIB_METHOD
     max_psnr_drop: float = MAX_PSNR_DROP_DB
+    bf16_max_psnr_drop: float = BF16_MAX_PSNR_DROP_DB
     # engines: auto = TensorRT with a GPU, else TensorRT-RTX ahead of time, else ONNX only
     backend: str = "auto"
     engine: EngineOptions = field(default_factory=EngineOptions)
@@ -102,6 +112,9 @@ class ExportConfig:
     def __post_init__(self):
         if self.fp16_io and not self.fp16:  # an FP16-I/O model is an FP16 model
             object.__setattr__(self, "fp16", True)
+        if self.precision == "auto":  # auto measures every reduced precision
+            for name in AUTO_PRECISIONS:
+                object.__setattr__(self, name, True)
 
     def validate(self) -> None:
         """Every check that needs no model: wrong values fail here, before any heavy work."""
@@ -118,8 +131,17 @@ class ExportConfig:
         if small:
             raise ExportError(f"--parity-size {', '.join(small)} is below {self.model.lower()}'s smallest input "
                               f"{least}x{least}; use sizes of at least that, e.g. 64x64 and 37x51")
-        if self.int8 and not self.calib:
-            raise ExportError("INT8 needs representative images: pass --calib DIR (a folder of natural photos)")
+        if self.precision not in ("explicit", "auto"):
+            raise ExportError(f"unknown --precision '{self.precision}'; use auto (or the per-precision flags)")
+        if self.precision == "auto" and not self.calib:
+            raise ExportError("--precision auto measures every precision on held-out images: pass --calib DIR (a "
+                              "folder of natural photos)")
+        for flag, on in (("INT8", self.int8), ("FP8", self.fp8)):
+            if on and not self.calib:
+                raise ExportError(f"{flag} needs representative images: pass --calib DIR (a folder of natural "
+                                  f"photos)")
+        if self.max_psnr_drop <= 0 or self.bf16_max_psnr_drop <= 0:
+            raise ExportError(f"--max-psnr-drop must be a positive number of dB, got {self.max_psnr_drop:g}")
         if self.calib_method not in CALIB_METHODS:
             raise ExportError(f"unknown calibration method '{self.calib_method}'; choose one of "
                               f"{', '.join(CALIB_METHODS)}")
@@ -136,10 +158,19 @@ class ExportConfig:
             check_checkpoint_file(self.weights)
         if self.fp16:
             self.fp16_options().validate()
-        if self.int8:
+        if self.int8 or self.fp8 or (self.bf16 and self.calib):
             check_image_folder(self.calib, "--calib")
         if self.parity_images is not None:
             check_image_folder(self.parity_images, "--parity-images")
+
+    def precisions(self) -> List[str]:
+        """The precisions this export writes, fp32 first."""
+        return ["fp32"] + [p for p in ("fp16", "bf16", "int8", "fp8") if getattr(self, p)]
+
+    def heldout(self, fp32_path: Path, multiple_of: int) -> HeldOut:
+        """The held-out pairs BF16 and ``--precision auto`` measure on (INT8/FP8 draw the same ones)."""
+        return heldout_pairs(fp32_path, self.scale, calib=self.calib, calib_lr=self.calib_lr, count=self.calib_count,
+                             size=self.calib_size, seed=self.seed, multiple_of=multiple_of)
 
     def fp16_options(self) -> Fp16Options:
         """FP16's own options: the activation ranges for its FP32 islands come from --calib (when given) at
@@ -234,17 +265,45 @@ def fp16_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, options: Fp16
     # activation ranges for the FP32 islands: the calibration images when given, else synthetic inputs
     calib_inputs = natural_inputs([(size, size)] * options.count, options.images, seed=seed + 1)
     details = convert_fp16(fp32_path, path, calib_inputs=calib_inputs, keep_io_fp32=not options.io_fp16)
-    embed_onnx_metadata(path, manifest, {"precision": "fp16"})
-    return ArtifactEntry.for_file(path, tmp_dir, fmt="onnx", precision="fp16", nodes=node_count(path), **details)
+    return _entry(path, tmp_dir, manifest, "fp16", details)
+
+
+def _opset(path: Path) -> int:
+    import onnx  # deferred: the opset of a written file only
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _entry(path: Path, tmp_dir: Path, manifest: Manifest, precision: str, details) -> ArtifactEntry:
+    embed_onnx_metadata(path, manifest, {"precision": precision})
+    return ArtifactEntry.for_file(path, tmp_dir, fmt="onnx", precision=precision, nodes=node_count(path),
+                                  opset=_opset(path), **details)
+
+
+def qdq_stage(precision: str, fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig
+              ) -> ArtifactEntry:
+    """``model.int8.onnx`` or ``model.fp8.onnx``: the same calibration, cache and fallback search."""
+    path = tmp_dir / artifact_name("onnx", precision)
+    quantize = quantize_fp8 if precision == "fp8" else quantize_int8
+    details = quantize(fp32_path, path, calib_dir=cfg.calib, calib_lr=cfg.calib_lr, count=cfg.calib_count,
+                       size=cfg.calib_size, method=cfg.calib_method, scale=cfg.scale, seed=cfg.seed,
+                       max_psnr_drop=cfg.max_psnr_drop, cache_dir=Path(cfg.out) / ".calib-cache")
+    return _entry(path, tmp_dir, manifest, precision, details)
 
 
 def int8_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig) -> ArtifactEntry:
-    path = tmp_dir / artifact_name("onnx", "int8")
-    details = quantize_int8(fp32_path, path, calib_dir=cfg.calib, calib_lr=cfg.calib_lr, count=cfg.calib_count,
-                            size=cfg.calib_size, method=cfg.calib_method, scale=cfg.scale,
-                            max_psnr_drop=cfg.max_psnr_drop, cache_dir=Path(cfg.out) / ".calib-cache")
-    embed_onnx_metadata(path, manifest, {"precision": "int8"})
-    return ArtifactEntry.for_file(path, tmp_dir, fmt="onnx", precision="int8", nodes=node_count(path), **details)
+    return qdq_stage("int8", fp32_path, tmp_dir, manifest, cfg)
+
+
+def bf16_stage(fp32_path: Path, tmp_dir: Path, manifest: Manifest, cfg: ExportConfig, held: HeldOut
+               ) -> ArtifactEntry:
+    """``model.bf16.onnx`` (opset 22) with FP32 islands measured on ``held``; the file itself is re-measured on ONNX
+    Runtime (widened: its exact bfloat16 values, FP32 arithmetic)."""
+    path = tmp_dir / artifact_name("onnx", "bf16")
+    details = convert_bf16(fp32_path, path, held=held, max_psnr_drop=cfg.bf16_max_psnr_drop,
+                           artifact_runner=lambda p: OnnxRuntimeRunner(p, name=p.name, precision="bf16"))
+    return _entry(path, tmp_dir, manifest, "bf16", details)
 
 
 def parity_stage(tmp_dir: Path, entries: Sequence[ArtifactEntry], prepared: PreparedModel, spec: ModelSpec,
@@ -320,6 +379,16 @@ def run_export(cfg: ExportConfig) -> ExportResult:
         raise
 
 
+def _auto_targets(cfg: ExportConfig, engine_backend: str) -> List[str]:
+    """The targets ``--precision auto`` chooses for: the engine targets (TensorRT-RTX: --compute-capabilities;
+    datacenter TensorRT: this GPU), or --compute-capabilities when no engine is built."""
+    if engine_backend == "tensorrt":
+        from lipt_export.runtime.trt import current_environment  # deferred: needs the GPU's TensorRT
+
+        return [current_environment()["compute_capability"]]
+    return list(cfg.engine.compute_capabilities)
+
+
 def check_target(final_dir: Path, overwrite: bool) -> None:
     """``final_dir`` is free, or (``overwrite``) an export of this tool holding nothing else: only that is
     ever replaced."""
@@ -369,13 +438,26 @@ def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, re
                                     export={**exporter, "simplifier": simplifier})
             embed_onnx_metadata(fp32_path, manifest)
             entries = [ArtifactEntry.for_file(fp32_path, tmp_dir, fmt="onnx", precision="fp32",
-                                              nodes=node_count(fp32_path))]
+                                              nodes=node_count(fp32_path), opset=_opset(fp32_path))]
+            held = cfg.heldout(fp32_path, manifest.io.multiple_of) if cfg.bf16 or cfg.precision == "auto" else None
             if cfg.fp16:
                 with stage("fp16"):
                     entries.append(fp16_stage(fp32_path, tmp_dir, manifest, cfg.fp16_options(), cfg.seed))
-            if cfg.int8:
-                with stage("int8"):
-                    entries.append(int8_stage(fp32_path, tmp_dir, manifest, cfg))
+            if cfg.bf16:
+                with stage("bf16"):
+                    entries.append(bf16_stage(fp32_path, tmp_dir, manifest, cfg, held))
+            for precision in ("int8", "fp8"):
+                if getattr(cfg, precision):
+                    with stage(precision):
+                        entries.append(qdq_stage(precision, fp32_path, tmp_dir, manifest, cfg))
+            auto = None
+            if cfg.precision == "auto":
+                with stage("auto"):
+                    drops = precision_auto.measure_drops(held, {e.precision: tmp_dir / e.path for e in entries})
+                    auto = precision_auto.choose(drops, _auto_targets(cfg, engine_backend), cfg.max_psnr_drop,
+                                                 held.source, engine_backend)
+                for line in precision_auto.summary_lines(auto):
+                    logger.info(line)
             parity_inputs = natural_inputs(cfg.parity_sizes, cfg.parity_images, seed=cfg.seed)
             with stage("parity"):
                 entries, results, reference = parity_stage(tmp_dir, entries, prepared, spec, parity_inputs)
@@ -387,15 +469,21 @@ def _export_into(cfg: ExportConfig, spec: ModelSpec, prepared: PreparedModel, re
                 runtime_choice = measure_export_choices(tmp_dir, entries, parity_inputs, cfg.scale)
                 entries = int8_speed_stage(tmp_dir, entries, parity_inputs)
             engines: List[ArtifactEntry] = []
+            engine_info = {"backend": engine_backend, "why": backend_why}
             if engine_backend != "onnxruntime":
                 with stage("engine"):
+                    chosen = {t.compute_capability: t.precision for t in auto.targets} if auto else None
+                    targets = engine_targets(engine_backend, cfg.engine, [e.precision for e in entries], chosen)
                     engines = build_engines_for_export(tmp_dir, entries, manifest, cfg.engine, parity_inputs,
                                                        reference, flavor=engine_backend, max_shape=max_shape,
-                                                       claims=lambda e: precision_claims(tmp_dir / e.path, e))
+                                                       claims=lambda e: precision_claims(tmp_dir / e.path, e),
+                                                       targets=targets)
+                    engine_info["skipped"] = targets.skipped_engines()
             manifest = replace(manifest.with_artifacts([*entries, *engines]), golden=golden,
                                runtime_choice=runtime_choice).with_export(
-                engines={"backend": engine_backend, "why": backend_why},
-                timings_s={k: round(v, 3) for k, v in stage.timings.items()})
+                engines=engine_info, timings_s={k: round(v, 3) for k, v in stage.timings.items()},
+                opsets={e.path: e.opset for e in entries},
+                **({"precision_auto": auto.to_dict()} if auto else {}))
             write_manifest(tmp_dir, manifest)
             write_text_atomic(tmp_dir / REPORT_NAME, render_report(manifest))
     except OSError as exc:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 from typing import Any, List
 
+from lipt_export.export.precision import bf16 as bf16_report
 from lipt_export.export.precision.int8 import report_lines
 from lipt_export.catalog import PRECISIONS
 from lipt_export.manifest import Manifest
 from lipt_export.report import format_table
 
 ARTIFACT_HEADER = ("artifact", "precision", "nodes", "size", "rel-L2", "PSNR dB", "lint")
-ENGINE_HEADER = ("engine", "runtime", "targets", "build s", "compute layers", "fp32 / fp16 / int8", "parity")
+ENGINE_HEADER = ("engine", "runtime", "targets", "build s", "compute layers", " / ".join(PRECISIONS), "parity")
 
 
 def _fmt_db(v: Any) -> str:
@@ -75,8 +76,11 @@ def render_report(manifest: Manifest) -> str:
             lines += [f"### FP32 islands in {a.path}", "",
                       format_table(("node", "op", "observed max |x|"),
                                    [[i.node, i.op, f"{i.max_abs:.3g}"] for i in a.fp16.islands], markdown=True), ""]
-        if a.int8:
-            lines += report_lines(a)
+        if a.bf16:
+            lines += bf16_report.report_lines(a.path, a.bf16.report)
+        for qdq in (a.int8, a.fp8):
+            if qdq:
+                lines += report_lines(a.path, qdq.report, qdq.key)
         if a.lint and a.lint.findings:
             lines += [f"### Lint findings for {a.path}", "",
                       format_table(("severity", "node", "reason"),

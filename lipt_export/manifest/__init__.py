@@ -10,9 +10,10 @@ inside the export directory and verifies its sha256 before anything uses the fil
 The model description (everything but the artifact list) is also written into each ONNX file's
 ``metadata_props`` under ``lipt_export.model`` so a lone .onnx file still describes itself.
 """
-from lipt_export.manifest.details import (FLAVOR_NAMES, EngineDetails, Fp16Details, Fp32Island, Int8Details,
-                                          Int8Speed, LintSummary, Parity, PrecisionAudit, ProfileSpec,
-                                          RuntimeCandidate, RuntimeChoice)
+from lipt_export.manifest.details import (FLAVOR_NAMES, Bf16Details, Bf16Island, EngineDetails, Fp16Details,
+                                          Fp32Island, Int8Details, Int8Speed, LintSummary, Parity, PrecisionAudit,
+                                          PrecisionAuto, ProfileSpec, QdqDetails, RuntimeCandidate, RuntimeChoice,
+                                          TargetChoice)
 from lipt_export.manifest.schema import (FORMATS, MANIFEST_NAME, METADATA_KEY, REPORT_NAME, SCHEMA, SCHEMA_VERSION,
                                          ArtifactEntry, IOContract, Manifest, ModelInfo, demo_weights_warning,
                                          embed_onnx_metadata, export_files, manifest_path, onnx_manifest,
@@ -20,7 +21,7 @@ from lipt_export.manifest.schema import (FORMATS, MANIFEST_NAME, METADATA_KEY, R
                                          replaceable_problem, versions, write_manifest)
 
 __all__ = ["FLAVOR_NAMES", "FORMATS", "MANIFEST_NAME", "METADATA_KEY", "REPORT_NAME", "SCHEMA", "SCHEMA_VERSION",
-           "ArtifactEntry", "EngineDetails", "Fp16Details", "Fp32Island", "IOContract", "Int8Details", "Int8Speed",
+           "ArtifactEntry", "Bf16Details", "Bf16Island", "PrecisionAuto", "QdqDetails", "TargetChoice", "EngineDetails", "Fp16Details", "Fp32Island", "IOContract", "Int8Details", "Int8Speed",
            "LintSummary", "Manifest", "ModelInfo", "Parity", "PrecisionAudit", "ProfileSpec", "RuntimeCandidate",
            "RuntimeChoice", "demo_weights_warning", "embed_onnx_metadata", "export_files", "manifest_path",
            "onnx_manifest", "onnx_metadata", "onnx_precision", "onnx_properties", "read_manifest",

@@ -117,6 +117,8 @@ class EngineDetails:
     compute_capability: Optional[str] = None
     build_s: float = 0.0
     audit: Optional[PrecisionAudit] = None
+    skipped: Tuple[Tuple[str, str], ...] = ()  # (compute capability, why) asked for but not built
+
 
     @property
     def label(self) -> str:
@@ -136,10 +138,14 @@ class EngineDetails:
                                 f"re-export")
         caps = d.get("compute_capabilities") or ([d["compute_capability"]] if d.get("compute_capability") else [])
         audit = d.get("precision_audit")
+        try:
+            skipped = tuple((str(x["compute_capability"]), str(x["why"])) for x in d.get("targets_skipped") or [])
+        except (KeyError, TypeError):
+            raise ManifestError(f"{where}: 'targets_skipped' is malformed (edited); re-export") from None
         return cls(runtime, str(d.get("tensorrt_version") or ""), tuple(map(str, caps)),
                    ProfileSpec.from_dict(_need(d, "profile", Mapping, where), where), io_dtype_of(d),
                    d.get("gpu"), d.get("compute_capability"), float(d.get("build_s") or 0.0),
-                   PrecisionAudit.from_dict(audit, where) if isinstance(audit, Mapping) else None)
+                   PrecisionAudit.from_dict(audit, where) if isinstance(audit, Mapping) else None, skipped)
 
 
 def io_dtype_of(d: Mapping[str, Any]) -> str:
@@ -173,24 +179,98 @@ class Fp16Details:
 
 
 @dataclass(frozen=True)
-class Int8Details:
-    """An INT8 file: its PSNR-Y budget and outcome, the nodes left in float; ``report``: the whole ``int8`` block
-    (calibration, sensitivity table) for report.md."""
+class QdqDetails:
+    """A Q/DQ file (the ``int8`` or ``fp8`` block): its PSNR-Y budget and outcome, the nodes left in float;
+    ``report``: the whole block (calibration, sensitivity table) for report.md."""
 
     max_psnr_drop_db: float
     psnr_drop_db: float
     budget_met: bool
     nodes_in_float: Tuple[str, ...]
     report: Mapping[str, Any]
+    key: str = "int8"
 
     @classmethod
-    def from_details(cls, d: Mapping[str, Any], where: str) -> "Int8Details":
-        q = _need(d, "int8", Mapping, where)
+    def from_details(cls, d: Mapping[str, Any], where: str, key: str = "int8") -> "QdqDetails":
+        q = _need(d, key, Mapping, where)
         try:
             return cls(float(q["max_psnr_drop_db"]), float(q["psnr_drop_db"]), bool(q["budget_met"]),
-                       tuple(str(n["node"]) for n in q.get("nodes_in_float") or []), q)
+                       tuple(str(n["node"]) for n in q.get("nodes_in_float") or []), q, key)
         except (KeyError, TypeError, ValueError):
-            raise ManifestError(f"{where}: 'int8' is malformed (edited); re-export") from None
+            raise ManifestError(f"{where}: '{key}' is malformed (edited); re-export") from None
+
+
+Int8Details = QdqDetails  # the INT8 file's record (the name consumers used before FP8 shared it)
+
+
+@dataclass(frozen=True)
+class Bf16Island:
+    node: str
+    op: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Bf16Details:
+    """A BF16 file (the ``bf16`` block): its opset, the measured FP32 islands (and the compute nodes among them, what
+    an engine runs in FP32), the held-out PSNR-Y drop and budget; ``report``: the whole block for report.md."""
+
+    opset: int
+    islands: Tuple[Bf16Island, ...]
+    fp32_compute_nodes: Tuple[str, ...]
+    psnr_drop_db: float
+    max_psnr_drop_db: float
+    budget_met: bool
+    report: Mapping[str, Any]
+
+    @classmethod
+    def from_details(cls, d: Mapping[str, Any], where: str) -> "Bf16Details":
+        b = _need(d, "bf16", Mapping, where)
+        try:
+            return cls(int(b["opset"]), tuple(Bf16Island(str(i["node"]), str(i["op"]), str(i["reason"]))
+                                              for i in b.get("islands") or []),
+                       tuple(map(str, b.get("fp32_compute_nodes") or [])), float(b["psnr_drop_db"]),
+                       float(b["max_psnr_drop_db"]), bool(b["budget_met"]), b)
+        except (KeyError, TypeError, ValueError):
+            raise ManifestError(f"{where}: 'bf16' is malformed (edited); re-export") from None
+
+
+@dataclass(frozen=True)
+class TargetChoice:
+    """``--precision auto`` for one compute capability: the precision chosen and why."""
+
+    compute_capability: str
+    precision: str
+    why: str
+    candidates: Tuple[str, ...]  # the precisions this target runs, in the auto order
+
+
+@dataclass(frozen=True)
+class PrecisionAuto:
+    """``--precision auto`` (the export's ``precision_auto`` block): the budget, every candidate's measured PSNR-Y drop
+    against the fp32 file on the held-out pairs, and the choice per target."""
+
+    max_psnr_drop_db: float
+    heldout: str
+    drops_db: Mapping[str, float]
+    targets: Tuple[TargetChoice, ...]
+    notes: Tuple[str, ...] = ()
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"max_psnr_drop_db": self.max_psnr_drop_db, "heldout": self.heldout, "drops_db": dict(self.drops_db),
+                "targets": [{"compute_capability": t.compute_capability, "precision": t.precision, "why": t.why,
+                             "candidates": list(t.candidates)} for t in self.targets], "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> "PrecisionAuto":
+        try:
+            return cls(float(d["max_psnr_drop_db"]), str(d.get("heldout", "")),
+                       {str(k): float(v) for k, v in d["drops_db"].items()},
+                       tuple(TargetChoice(str(t["compute_capability"]), str(t["precision"]), str(t["why"]),
+                                          tuple(map(str, t.get("candidates") or []))) for t in d["targets"]),
+                       tuple(map(str, d.get("notes") or [])))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ManifestError(f"{where}: 'precision_auto' is malformed (edited); re-export") from None
 
 
 @dataclass(frozen=True)

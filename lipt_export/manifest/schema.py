@@ -15,7 +15,8 @@ from lipt_export._version import __version__
 from lipt_export.catalog import FORMATS
 from lipt_export.errors import ManifestError
 from lipt_export.fileio import foreign_files, json_default, sha256_file, write_json_atomic
-from lipt_export.manifest.details import (EngineDetails, Fp16Details, Int8Details, Int8Speed, LintSummary, Parity,
+from lipt_export.manifest.details import (Bf16Details, EngineDetails, Fp16Details, Int8Details, Int8Speed,
+                                          LintSummary, Parity, PrecisionAuto, QdqDetails,
                                           RuntimeChoice, io_dtype_of, parse_runtime_choices, pending_parity,
                                           plain_choices)
 from lipt_export.tiling import BASE_OVERLAP, RECOMMENDED_TILE, TilingPolicy
@@ -205,6 +206,24 @@ class ArtifactEntry(_Details):
         return Int8Details.from_details(self.details, self.where) if "int8" in self.details else None
 
     @cached_property
+    def fp8(self) -> Optional[QdqDetails]:
+        return QdqDetails.from_details(self.details, self.where, "fp8") if "fp8" in self.details else None
+
+    @cached_property
+    def bf16(self) -> Optional[Bf16Details]:
+        return Bf16Details.from_details(self.details, self.where) if "bf16" in self.details else None
+
+    def qdq(self) -> Optional[QdqDetails]:
+        """The Q/DQ record of an INT8 or FP8 file (None for other files)."""
+        return self.int8 or self.fp8
+
+    @property
+    def opset(self) -> Optional[int]:
+        """The ONNX opset the file was written in (recorded per ONNX file: BF16 is opset 22, FP8 19)."""
+        opset = self.details.get("opset")
+        return int(opset) if isinstance(opset, int) else None
+
+    @cached_property
     def int8_speed(self) -> Optional[Int8Speed]:
         return Int8Speed.from_details(self.details, self.where) if "speed" in self.details else None
 
@@ -225,7 +244,7 @@ class ArtifactEntry(_Details):
 
     def check_details(self) -> None:
         """Parse every typed view once (the reader calls it): a malformed block fails when the manifest is read."""
-        for view in ("parity", "parity_vs_train_graph", "fp16", "int8", "int8_speed", "lint"):
+        for view in ("parity", "parity_vs_train_graph", "fp16", "int8", "fp8", "bf16", "int8_speed", "lint"):
             getattr(self, view)
         if self.format == "tensorrt":
             self.engine
@@ -294,6 +313,17 @@ class Manifest:
 
     def find(self, path: str) -> Optional[ArtifactEntry]:
         return next((a for a in self.artifacts if a.path == path), None)
+
+    @property
+    def precision_auto(self) -> Optional[PrecisionAuto]:
+        """``--precision auto``'s choice per target and the drops it was made on (None when not asked for)."""
+        d = self.export.get("precision_auto")
+        return PrecisionAuto.from_dict(d, "export.precision_auto") if isinstance(d, Mapping) else None
+
+    @property
+    def engines_skipped(self) -> List[Dict[str, str]]:
+        """Engines not built at all ({precision, compute_capabilities, why}): no target asked for runs them."""
+        return [dict(x) for x in (self.export.get("engines") or {}).get("skipped") or []]
 
     def artifact_path(self, entry: ArtifactEntry, verify: bool = True) -> Path:
         """The entry's file, checked: inside the export directory, present, and (``verify``) with the sha256
@@ -368,6 +398,9 @@ class Manifest:
                            and isinstance(golden.get("sha256"), str)):
             raise ManifestError(f"{origin}: 'golden' needs a path and a sha256; re-export")
         choice = parse_runtime_choices(d.get("runtime_choice") or {}, origin)
+        auto = (d.get("export") or {}).get("precision_auto")
+        if auto is not None:
+            PrecisionAuto.from_dict(auto, f"{origin}: export.precision_auto")
         return cls(model, io, d.get("export") or {}, entries, str(d.get("created", "")), root, golden, choice)
 
 
@@ -419,14 +452,21 @@ def read_manifest(target: str | Path) -> Manifest:
 
 
 def export_files(data: Mapping[str, Any]) -> List[str]:
-    """The files an export directory holds by its manifest (as parsed JSON): the manifest, report.md, golden.npz
-    and every artifact."""
+    """The files an export directory holds by its manifest (as parsed JSON): the manifest, report.md, golden.npz,
+    every artifact and the calibration-range sidecar of each INT8/FP8 file."""
     files = [MANIFEST_NAME, REPORT_NAME]
     golden = data.get("golden")
     if isinstance(golden, Mapping) and isinstance(golden.get("path"), str):
         files.append(golden["path"])
-    files += [a["path"] for a in data.get("artifacts") or []
-              if isinstance(a, Mapping) and isinstance(a.get("path"), str)]
+    for a in data.get("artifacts") or []:
+        if not isinstance(a, Mapping) or not isinstance(a.get("path"), str):
+            continue
+        files.append(a["path"])
+        for key in ("int8", "fp8"):  # the calibration ranges written beside a Q/DQ file (model.<p>.calib.json)
+            sidecar = ((a.get(key) or {}).get("calibration") or {}).get("sidecar") if isinstance(a.get(key), Mapping) \
+                else None
+            if isinstance(sidecar, str) and "/" not in sidecar and not sidecar.startswith("."):
+                files.append(sidecar)
     return files
 
 

@@ -44,15 +44,100 @@ def ort_providers(use: Optional[Sequence[str]] = None, cache_dir: Optional[str |
     return out
 
 
+def _proto(model: ModelSource):
+    """The ModelProto of a path, bytes or proto (weights of external-data files are not loaded), or None."""
+    import onnx
+
+    if hasattr(model, "graph"):
+        return model
+    try:
+        return onnx.load_from_string(model) if isinstance(model, bytes) else \
+            onnx.load(str(model), load_external_data=False)
+    except Exception:  # unreadable: ONNX Runtime reports it with its own words
+        return None
+
+
+def holds_fp8(proto) -> bool:
+    """Whether a model holds FLOAT8 tensors (FP8 Q/DQ). ONNX Runtime 1.31's extended CPU optimisations mishandle them:
+    the QDQ fusion turns DQ -> Conv -> Q into a QLinearConv that has no FP8 kernel (INVALID_GRAPH), and with that
+    fusion off the remaining extended rewrites still change the result (SMSR x2 FP8: held-out PSNR-Y drop 3.83 dB at
+    ORT_ENABLE_ALL against 0.036 dB with basic optimisations or none). Such models run with basic optimisations."""
+    import onnx
+
+    fp8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E4M3FNUZ, onnx.TensorProto.FLOAT8E5M2,
+           onnx.TensorProto.FLOAT8E5M2FNUZ}
+    return proto is not None and any(i.data_type in fp8 for i in proto.graph.initializer)
+
+
+def holds_bf16(proto) -> bool:
+    """Whether a model computes in bfloat16 (bfloat16 weights or casts to bfloat16)."""
+    import onnx
+
+    bf16 = onnx.TensorProto.BFLOAT16
+    return proto is not None and (any(i.data_type == bf16 for i in proto.graph.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == bf16 for a in n.attribute) for n in proto.graph.node))
+
+
+def widen_bf16(proto):
+    """A BF16 file as ONNX Runtime's CPU provider can run it (it has no bfloat16 Conv): every node computes in float32
+    and every tensor the file stores as bfloat16 is rounded to bfloat16 (nearest even, ONNX Runtime's Cast) where it
+    is written, so each value is exactly what the file stores; only arithmetic inside a node is float32, as in BF16
+    tensor cores (FP32 accumulation). Weights widen exactly."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    bf16 = TensorProto.BFLOAT16
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in list(inferred.graph.value_info)
+             + list(inferred.graph.output) + list(inferred.graph.input)}
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    graph = model.graph
+    for k, init in enumerate(graph.initializer):
+        if init.data_type == bf16:
+            values = numpy_helper.to_array(init).astype(np.float32)
+            graph.initializer[k].CopyFrom(numpy_helper.from_array(values, init.name))
+            types[init.name] = bf16
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Cast":
+            for a in node.attribute:
+                if a.name == "to" and a.i == bf16:
+                    a.i = TensorProto.FLOAT
+        nodes.append(node)
+        for k, name in enumerate(node.output):
+            if types.get(name) == bf16:
+                wide = f"{name}__wide"
+                node.output[k] = wide
+                nodes += [helper.make_node("Cast", [wide], [f"{name}__bf16"], name=f"{name}__round", to=bf16),
+                          helper.make_node("Cast", [f"{name}__bf16"], [name], name=f"{name}__widen",
+                                           to=TensorProto.FLOAT)]
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type == bf16:
+                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    return model
+
+
 def ort_session(model: ModelSource, *, threads: Optional[int] = None, providers: Optional[Sequence[Any]] = None,
                 memory_arena: bool = True):
     """An InferenceSession on ``model`` (path, bytes or ModelProto). CPU only unless ``providers`` says
     otherwise; ``threads`` intra-op threads (default :func:`default_threads`), one inter-op thread.
     ``memory_arena=False`` returns activation memory after every run instead of keeping the largest run's
-    (for many sessions over images of varying size, as ``eval`` has)."""
+    (for many sessions over images of varying size, as ``eval`` has). FP8 Q/DQ models run without the QDQ
+    fusion (:func:`holds_fp8`)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    proto = _proto(model) if not isinstance(model, bytes) or len(model) < (1 << 31) else None
+    if holds_bf16(proto):
+        model = widen_bf16(proto)
+    if holds_fp8(proto):
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.enable_cpu_mem_arena = memory_arena
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1

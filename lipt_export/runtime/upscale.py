@@ -131,7 +131,7 @@ def write_image(job: ImageJob) -> Tuple[int, int]:
 def _write_rows(job: ImageJob) -> Tuple[int, int]:
     from PIL import Image
 
-    img, alpha, s, dst, acc = job.img, job.alpha, job.scale, job.dst, job.spill
+    img, alpha, dst, acc = job.img, job.alpha, job.dst, job.spill
     h, w = acc.h, acc.w
     suffix = dst.suffix.lower()
     if suffix == ".npy":

@@ -228,7 +228,7 @@ def plan_video(probe: VideoProbe, dst: Path, scale: int, options: VideoOptions =
         takers = _containers_for([enc.canonical_name])
         raise UpscaleError(f"{suffix} cannot hold {codec} video: write "
                            + (f"{' or '.join(takers)}" if takers else "another container")
-                           + f" or choose another --codec")
+                           + " or choose another --codec")
     if options.crf is not None:
         if codec not in VIDEO_CRF:
             raise UpscaleError(f"--crf is for {', '.join(VIDEO_CRF)}; {codec} takes none"

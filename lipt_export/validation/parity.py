@@ -34,8 +34,8 @@ FLAG_REL_L2 = 1e-2
 
 def precision_flag(par: "Parity") -> Optional[str]:
     """Why a reduced-precision float artifact is flagged (its rel-L2 against the eager model above FLAG_REL_L2),
-    or None. INT8 is judged by its PSNR-Y budget instead."""
-    if par.precision in ("fp32", "int8") or par.rel_l2 <= FLAG_REL_L2:
+    or None. INT8 and FP8 are judged by their PSNR-Y budget instead."""
+    if par.precision in ("fp32", "int8", "fp8") or par.rel_l2 <= FLAG_REL_L2:
         return None
     return (f"rel-L2 {par.rel_l2:.1e} against the eager model (> {FLAG_REL_L2:.0e}, PSNR {par.psnr_db:.1f} dB): look at "
             f"its outputs before shipping it; a float island list or the fp32 file may be needed")

@@ -34,6 +34,7 @@ from lipt_export.validation.metrics import psnr_y_nchw
 from lipt_export.validation.parity import FP32_REL_L2_LIMIT, rel_l2
 from lipt_export.validation.verify import load_golden
 
+QDQ_PRECISIONS = ("int8", "fp8")  # judged by their drop against the fp32 file, within the export's budget
 BUDGET = (f"rel-L2 <= {FP32_REL_L2_LIMIT:g} against ONNX Runtime on the golden inputs (the file's own numerics), "
           f"else |delta PSNR-Y| <= {FLOAT_RUNTIME_BUDGET_DB} dB against the file on ONNX Runtime (INT8 file: its drop "
           f"against fp32 within the export's INT8 budget) on synthetic HR/LR pairs")
@@ -79,11 +80,11 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
             if pairs is None:
                 pairs = accuracy_pairs(inputs, scale)
                 base_runner = runners["onnxruntime"]
-                if precision == "int8" and fp32_path is not None:
+                if precision in QDQ_PRECISIONS and fp32_path is not None:
                     base_runner = onnx_runner(fp32_path, "onnxruntime", threads=threads)
                 base = mean_psnr_y(base_runner, pairs, shave)
             delta = mean_psnr_y(r, pairs, shave) - base
-            if precision == "int8":
+            if precision in QDQ_PRECISIONS:
                 budget = int8_budget_db if int8_budget_db is not None and fp32_path is not None else None
                 cand.update(delta_psnr_y_db=round(delta, 4), against="fp32 file on onnxruntime",
                             budget_db=budget, within_budget=bool(budget is not None and -delta <= budget))
@@ -110,8 +111,9 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
 
 
 def int8_budget_db(entry: ArtifactEntry) -> Optional[float]:
-    """The PSNR-Y drop the export allowed an INT8 file (``--max-psnr-drop``); None for other files."""
-    return entry.int8.max_psnr_drop_db if entry.int8 is not None else None
+    """The PSNR-Y drop the export allowed an INT8/FP8 file (``--max-psnr-drop``); None for other files."""
+    qdq = entry.qdq()
+    return qdq.max_psnr_drop_db if qdq is not None else None
 
 
 def measure_export_choices(root: Path, entries: Sequence[ArtifactEntry], inputs: Sequence[np.ndarray], scale: int,

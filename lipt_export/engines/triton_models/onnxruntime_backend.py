@@ -31,6 +31,10 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = _param(config, "intra_op_thread_count")
         options.inter_op_num_threads = _param(config, "inter_op_thread_count")
+        level = config.get("parameters", {}).get("graph_optimization_level", {}).get("string_value", "")
+        if level == "basic":  # FP8 Q/DQ files: ONNX Runtime's extended optimisations mishandle them
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            options.add_session_config_entry("session.disable_quant_qdq", "1")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.inputs = [i["name"] for i in config["input"]]
         self.outputs = [o["name"] for o in config["output"]]

@@ -22,23 +22,22 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 
 from lipt_export.engines.audit import COMPUTE_OPS, qdq_compute_nodes
 from lipt_export.export.precision.calibration.data import load_calibration_set
+from lipt_export.export.precision.calibration.heldout import HeldOut
 from lipt_export.export.precision.calibration.ranges import (graph_sha256, load_or_collect, ort_method, write_cache,
                                                              write_ort_cache)
 from lipt_export.export.precision.calibration.sensitivity import (FloatSources, SearchResult, SwitchRunner,
                                                                   build_search_inputs, build_switch_model, make_units,
                                                                   measure_sensitivity, search_fallback, unit_label)
-from lipt_export.manifest import ArtifactEntry
 from lipt_export.report import format_table
-from lipt_export.runtime.ort import OnnxRuntimeRunner
 from lipt_export.validation.metrics import psnr_from_mse
 from lipt_export.validation.metrics import psnr_y_nchw as psnr_y
 
@@ -49,35 +48,25 @@ CALIBRATOR_OPTIONS = {"symmetric": True}
 SENSITIVITY_TABLE = 12
 
 
+@dataclass(frozen=True)
+class QdqScheme:
+    """What the Q/DQ pairs hold. The INT8 graph is always built first (ONNX Runtime's quantizer places the pairs and
+    holds the ranges); ``convert(int8 model, fp32 model)`` rewrites it into another scheme (FP8: export/precision/
+    fp8.py) before the sensitivity search, so the fallback is measured on the scheme's own arithmetic."""
+
+    name: str
+    description: str
+    convert: Optional[Callable[[onnx.ModelProto, onnx.ModelProto], onnx.ModelProto]] = None
+
+
+INT8 = QdqScheme("int8", "S8S8 symmetric (zero point 0), per-channel weights")
+
+
 def quantizer_options() -> Dict[str, object]:
     # MinimumRealRange: a tensor that is constant zero on the calibration data would get scale 0, which
     # TensorRT rejects ("Scale coefficients must all be positive").
     return {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "MinimumRealRange": 1e-4,
             "OpTypesToExcludeOutputQuantization": list(QUANT_OP_TYPES)}
-
-
-@dataclass
-class HeldOut:
-    """Held-out pairs and the FP32 model's PSNR-Y on them."""
-
-    lr: List[np.ndarray]
-    hr: List[np.ndarray]
-    shave: int
-    fp32_path: Path
-    fp32_psnr: List[float] = field(default_factory=list)
-    _fp32: object = None
-
-    def psnr(self, model_path: Path) -> List[float]:
-        runner = OnnxRuntimeRunner(model_path, name=model_path.name)
-        return [psnr_y(runner.infer(x), y, self.shave) for x, y in zip(self.lr, self.hr)]
-
-    def fp32_output(self, x: np.ndarray) -> np.ndarray:
-        if self._fp32 is None:
-                self._fp32 = OnnxRuntimeRunner(self.fp32_path, name="fp32")
-        return self._fp32.infer(x)
-
-    def drop(self, model_path: Path) -> float:
-        return float(np.mean(self.fp32_psnr) - np.mean(self.psnr(model_path)))
 
 
 def restore_float_consumers(model: onnx.ModelProto, exclude: Sequence[str] = (),
@@ -183,8 +172,9 @@ def keep_in_float(q_all: onnx.ModelProto, fp32: onnx.ModelProto, nodes: Sequence
     return model
 
 
-def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: float, cap: Optional[int]
-                             ) -> Tuple[Dict[str, str], List[List[str]], SearchResult, Dict[str, object]]:
+def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: float, cap: Optional[int],
+                             label: str = "int8") -> Tuple[Dict[str, str], List[List[str]], SearchResult,
+                                                           Dict[str, object]]:
     """Measure each unit's output error alone and search the float set, both on the switch model
     (:mod:`lipt_export.export.precision.calibration.sensitivity`)."""
     t0 = time.perf_counter()
@@ -197,7 +187,7 @@ def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: floa
         # quantized artifact already meets the budget.
         drop_all = held.drop(q_all)
         if drop_all <= budget:
-            logger.info(f"[int8] all {len(node_ops)} nodes INT8: held-out PSNR-Y drop {drop_all:.3f} dB, within budget; "
+            logger.info(f"[{label}] all {len(node_ops)} nodes {label.upper()}: held-out PSNR-Y drop {drop_all:.3f} dB, within budget; "
                 f"per-unit sensitivity skipped")
             result = SearchResult(list(range(len(units))), [float("nan")] * len(units), 0, drop_all, drop_all,
                                   [(0, drop_all)])
@@ -208,7 +198,7 @@ def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: floa
     switch = SwitchRunner(build_switch_model(qdq, onnx.load(str(pre)), units), len(units))
     crops = build_search_inputs(held.lr, n=4 if len(units) == len(node_ops) else 1, crop=64)
     refs = [held.fp32_output(x).astype(np.float64) for x in crops]
-    mse = measure_sensitivity(switch, len(units), crops, refs)
+    mse = measure_sensitivity(switch, len(units), crops, refs, label=label)
     order = sorted(range(len(units)), key=lambda u: -mse[u])
     fp32_mean = float(np.mean(held.fp32_psnr))
 
@@ -220,7 +210,7 @@ def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: floa
 
     cap_units = max(0, min(len(units), cap if len(units) == len(node_ops) else
                            int(cap * len(units) / max(len(node_ops), 1))))
-    result = search_fallback(drop_of, mse, budget, cap_units)
+    result = search_fallback(drop_of, mse, budget, cap_units, label=label)
     stats = {"units": len(units), "nodes_per_unit": max(len(u) for u in units) if units else 0,
              "search_crops": [list(c.shape[2:]) for c in crops], "fallback_cap_nodes": cap,
              "fallback_cap_units": cap_units,
@@ -232,15 +222,17 @@ def sensitivity_and_fallback(q_all: Path, pre: Path, held: HeldOut, budget: floa
 def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool = False, count: int = 32,
                   size: int = 64, method: str = "minmax", scale: int = 2, max_psnr_drop: float = 0.10,
                   cache_dir: Optional[str | Path] = None, seed: int = 0,
-                  max_fallback: Optional[int] = None) -> Dict[str, object]:
-    """Write the INT8 Q/DQ model to ``dst``; returns ``{"int8": {...}}`` for the manifest artifact entry."""
+                  max_fallback: Optional[int] = None, scheme: QdqScheme = INT8) -> Dict[str, object]:
+    """Write the Q/DQ model (INT8, or ``scheme``) to ``dst``; returns ``{scheme.name: {...}}`` for the manifest
+    artifact entry."""
     import onnxruntime
 
     src, dst = Path(src), Path(dst)
     ort_method(method)  # validates the name before any work
     data = load_calibration_set(calib_dir, calib_lr=calib_lr, count=count, size=size, scale=scale, seed=seed)
     fp32 = onnx.load(str(src))
-    with tempfile.TemporaryDirectory(prefix="lipt-int8-") as tmp_name:
+    label = scheme.name
+    with tempfile.TemporaryDirectory(prefix=f"lipt-{label}-") as tmp_name:
         tmp = Path(tmp_name)
         pre = tmp / "pre.onnx"
         preprocess(src, pre)
@@ -252,12 +244,17 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
         q = Quantizer(pre, ort_cache, method)
         unquantizable = nodes_without_finite_range(onnx.load(str(pre)), ranges)
         if unquantizable:
-            logger.info(f"[int8] {len(unquantizable)} node(s) have no finite calibrated input range and stay float: "
+            logger.info(f"[{label}] {len(unquantizable)} node(s) have no finite calibrated input range and stay float: "
                 + ", ".join(unquantizable[:4]) + (" ..." if len(unquantizable) > 4 else ""))
         q_all = q.build(unquantizable, tmp / "all.int8.onnx")
+        if scheme.convert is not None:
+            converted = scheme.convert(onnx.load(str(q_all)), onnx.load(str(pre)))
+            q_all = tmp / f"all.{label}.onnx"
+            onnx.save(converted, str(q_all))
         held = HeldOut(lr=data.heldout_lr, hr=data.heldout_hr, shave=scale, fp32_path=src)
         held.fp32_psnr = held.psnr(src)
-        node_ops, units, search, stats = sensitivity_and_fallback(q_all, pre, held, max_psnr_drop, max_fallback)
+        node_ops, units, search, stats = sensitivity_and_fallback(q_all, pre, held, max_psnr_drop, max_fallback,
+                                                                      label)
         q_model, pre_model = onnx.load(str(q_all)), onnx.load(str(pre))
         # The switch model computes Q/DQ unfused; the artifact is what the budget is about, so it is
         # re-measured, and the float set grows (next passing search point, else +50 %) if it misses.
@@ -272,7 +269,7 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
             verified.append((k, drop))
             if drop <= max_psnr_drop or search.drop > max_psnr_drop:
                 break
-            logger.info(f"[int8] artifact drop {drop:.3f} dB > budget with {len(kept)} node(s) in float; widening")
+            logger.info(f"[{label}] artifact drop {drop:.3f} dB > budget with {len(kept)} node(s) in float; widening")
         stats["artifact_checks"] = [{"units_in_float": k, "drop_db": round(d, 4)} for k, d in verified]
         sidecar = dst.with_name(dst.name.replace(".onnx", "") + ".calib.json")
         write_cache(sidecar, ranges, key)
@@ -283,14 +280,15 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
              for u in search.order[:SENSITIVITY_TABLE] if np.isfinite(mse_by_unit[u])]
     budget_met = drop <= max_psnr_drop
     if not budget_met:
-        logger.warning(f"[int8] held-out PSNR-Y drop {drop:.3f} dB exceeds the budget {max_psnr_drop:.3f} dB with "
-            f"{len(kept)} node(s) in float (cap {stats['fallback_cap_nodes']}); the INT8 artifact is written anyway")
+        logger.warning(f"[{label}] held-out PSNR-Y drop {drop:.3f} dB exceeds the budget {max_psnr_drop:.3f} dB with "
+            f"{len(kept)} node(s) in float (cap {stats['fallback_cap_nodes']}); the {label.upper()} artifact is written "
+            f"anyway")
     else:
-        logger.info(f"[int8] {len(kept)} of {len(node_ops)} node(s) kept in float; held-out PSNR-Y drop {drop:.3f} dB "
+        logger.info(f"[{label}] {len(kept)} of {len(node_ops)} node(s) kept in float; held-out PSNR-Y drop {drop:.3f} dB "
             f"(budget {max_psnr_drop:.3f} dB)")
     final_q = onnx.load(str(dst))
-    return {"int8": {
-        "format": "QDQ", "scheme": "S8S8 symmetric (zero point 0), per-channel weights",
+    return {label: {
+        "format": "QDQ", "scheme": scheme.description,
         "quantizer": f"onnxruntime.quantization.quantize_static (onnxruntime {onnxruntime.__version__})",
         "op_types": list(QUANT_OP_TYPES), "method": method,
         "calibration": {**data.info, "cache_file": str(cache_file) if cache_file else None,
@@ -301,24 +299,23 @@ def quantize_int8(src: Path, dst: Path, *, calib_dir: str | Path, calib_lr: bool
         "nodes_without_range": unquantizable,
         "sensitivity_top": table,
         "heldout_psnr_y_fp32": round(float(np.mean(held.fp32_psnr)), 4),
-        "psnr_drop_all_int8_db": round(drop_all, 4), "psnr_drop_db": round(drop, 4),
+        f"psnr_drop_all_{label}_db": round(drop_all, 4), "psnr_drop_db": round(drop, 4),
         "psnr_drop_search_db": round(search.drop, 4),
         "max_psnr_drop_db": max_psnr_drop, "budget_met": budget_met, "search": stats,
     }}
 
 
-def report_lines(artifact: ArtifactEntry) -> List[str]:
-    """Markdown for report.md: the INT8 outcome, the nodes kept in float and the sensitivity table."""
-
-    q = artifact.int8.report
+def report_lines(path: str, q: Dict[str, object], label: str = "int8") -> List[str]:
+    """Markdown for report.md: a Q/DQ file's outcome (``q``: its ``int8``/``fp8`` block), the nodes kept in float and
+    the sensitivity table."""
     cal = q["calibration"]
-    lines = [f"### INT8 ({artifact.path})", "",
+    lines = [f"### {label.upper()} ({path})", "",
              f"{q['scheme']}, Q/DQ on the inputs of {', '.join(q['op_types'])}; calibration `{q['method']}` on "
              f"{cal['patches']} LR patches of {cal['patch_size_lr']} px from {len(cal['calibration_images'])} "
              f"image(s) in `{cal['folder']}` (cache {q['cache']}); LR made with {cal['downscaler']}.", "",
              f"Held-out ({', '.join(cal['heldout_images'])}, {cal['heldout_pairs']} pairs; {cal['heldout_note']}): "
-             f"FP32 PSNR-Y {q['heldout_psnr_y_fp32']:.3f} dB; all {q['quantizable_nodes']} nodes INT8: drop "
-             f"{q['psnr_drop_all_int8_db']:.3f} dB; with {len(q['nodes_in_float'])} node(s) in float: drop "
+             f"FP32 PSNR-Y {q['heldout_psnr_y_fp32']:.3f} dB; all {q['quantizable_nodes']} nodes {label.upper()}: "
+             f"drop {q[f'psnr_drop_all_{label}_db']:.3f} dB; with {len(q['nodes_in_float'])} node(s) in float: drop "
              f"**{q['psnr_drop_db']:.3f} dB** (budget {q['max_psnr_drop_db']:.3f} dB, "
              f"{'met' if q['budget_met'] else 'NOT met'}).", ""]
     if q["nodes_in_float"]:

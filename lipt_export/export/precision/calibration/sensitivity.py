@@ -38,10 +38,10 @@ MAX_UNITS = 128  # beyond this many quantized nodes, contiguous groups of nodes 
 GROUPS = 32
 
 
-def make_units(nodes: Sequence[str]) -> List[List[str]]:
+def make_units(nodes: Sequence[str], max_units: int = MAX_UNITS) -> List[List[str]]:
     """Measurement units: single nodes, or (for big graphs such as AgileIR's ~1000 quantized nodes)
     contiguous runs of nodes in graph order, i.e. roughly one block each."""
-    if len(nodes) <= MAX_UNITS:
+    if len(nodes) <= max_units:
         return [[n] for n in nodes]
     size = math.ceil(len(nodes) / GROUPS)
     return [list(nodes[i:i + size]) for i in range(0, len(nodes), size)]
@@ -162,13 +162,13 @@ class SearchResult:
 
 
 def measure_sensitivity(runner: SwitchRunner, n_units: int, inputs: Sequence[np.ndarray],
-                        references: Sequence[np.ndarray], progress: bool = True) -> List[float]:
-    """Output MSE (RGB, [0,1] units) versus FP32 with only one unit quantized, per unit."""
+                        references: Sequence[np.ndarray], progress: bool = True, label: str = "int8") -> List[float]:
+    """Output MSE (RGB, [0,1] units) versus FP32 with only one unit quantized (reduced), per unit."""
     iterator = range(n_units)
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc="int8 sensitivity", unit="node", leave=False)
+        iterator = tqdm(iterator, desc=f"{label} sensitivity", unit="node", leave=False)
     mse: List[float] = []
     for k in iterator:
         sel = np.zeros(n_units, bool)
@@ -179,7 +179,7 @@ def measure_sensitivity(runner: SwitchRunner, n_units: int, inputs: Sequence[np.
 
 
 def search_fallback(drop_of: Callable[[int], float], output_mse: Sequence[float], budget: float, cap: int,
-                    max_evals: int = 8) -> SearchResult:
+                    max_evals: int = 8, label: str = "int8") -> SearchResult:
     """Shortest prefix (in units, most sensitive first) to keep in float so that ``drop_of(k) <= budget``."""
     order = sorted(range(len(output_mse)), key=lambda u: -output_mse[u])
     evals: List[Tuple[int, float]] = []
@@ -187,7 +187,7 @@ def search_fallback(drop_of: Callable[[int], float], output_mse: Sequence[float]
     def measure(k: int) -> float:
         d = drop_of(k)
         evals.append((k, d))
-        logger.info(f"[int8] {k} unit(s) in float -> held-out PSNR-Y drop {d:.3f} dB (budget {budget:.3f})")
+        logger.info(f"[{label}] {k} unit(s) in float -> held-out PSNR-Y drop {d:.3f} dB (budget {budget:.3f})")
         return d
 
     drop_all = measure(0)
