@@ -199,6 +199,7 @@ RAY_TASKS_PER_WORKER = 2  # in flight per worker actor: the next input travels w
 RAY_SEGMENTS_PER_WORKER = 4  # a video is cut (at keyframes) into about this many segments per worker
 RAY_MIN_SEGMENT_FRAMES = 8  # no shorter segments than this (nor than one GOP): each costs an encoder start
 RAY_CONNECT_TIMEOUT_S = 5.0  # a cluster ADDRESS that does not answer within this is refused in one line
+RAY_READY_TIMEOUT_S = 60.0  # how long the start waits for workers to open the export (slower ones join later)
 RAY_NO_WORKER_TIMEOUT_S = 300.0  # every worker gone: how long to wait for a node to come back before giving up
 
 # `triton --kserve`: a KServe InferenceService for the repository (the kserve-tritonserver runtime)

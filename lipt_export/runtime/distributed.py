@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from lipt_export.catalog import (RAY_AUTO, RAY_CONNECT_TIMEOUT_S, RAY_INSTALL_HINT,
-                                 RAY_NO_WORKER_TIMEOUT_S, RAY_TASKS_PER_WORKER)
+                                 RAY_NO_WORKER_TIMEOUT_S, RAY_READY_TIMEOUT_S, RAY_TASKS_PER_WORKER)
 from lipt_export.errors import LiptExportError, UpscaleError
 from lipt_export.fileio import dead_owner_temps, save_atomic, sha256_file, temp_prefix
 from lipt_export.manifest import MANIFEST_NAME as MANIFEST_FILE
@@ -56,7 +56,7 @@ def ray_problem() -> Optional[str]:
     """Why ``--ray`` cannot run here (Ray not installed), or None; checked before any work."""
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None:
+    if sys.modules.get("ray", True) is None or importlib.util.find_spec("ray") is None:  # None: import blocked
         return f"--ray needs Ray, which is not installed: {RAY_INSTALL_HINT}"
     return None
 
@@ -259,15 +259,25 @@ def _node_actors(ray, spec: RunSpec, shipped_ref, have: Dict[str, Any], lost: se
     return new
 
 
-def _check_ready(ray, actors: Dict[str, Any]) -> None:
-    """Wait until the workers have opened the export; the first one that cannot says why, in one line."""
-    from ray.exceptions import RayActorError  # deferred: Ray is optional
+def _worker_lost_errors():
+    """What Ray raises for a task whose worker is gone (its node lost, or its restarts used up)."""
+    from ray.exceptions import ActorUnschedulableError, ObjectLostError, RayActorError  # deferred: Ray is optional
 
-    for node, actor in list(actors.items()):
+    return RayActorError, ObjectLostError, ActorUnschedulableError
+
+
+def _check_ready(ray, actors: Dict[str, Any], lost: set) -> None:
+    """Wait (a while) until the workers have opened the export: the first that cannot says why, in one line; a
+    worker whose node is gone is dropped; one still waiting for its node's CPUs takes its tasks when it starts."""
+    refs = {actor.ready.remote(): node for node, actor in actors.items()}
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=RAY_READY_TIMEOUT_S)
+    for ref in ready:
         try:
-            problem = ray.get(actor.ready.remote())
-        except RayActorError:
-            continue  # its node went away while starting: the run goes on without it
+            problem = ray.get(ref)
+        except _worker_lost_errors():
+            lost.add(refs[ref])
+            actors.pop(refs[ref], None)
+            continue
         if problem:
             raise UpscaleError(problem)
 
@@ -282,7 +292,6 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
     :func:`ray_session`). Outputs are written by this process only, each under a temp name renamed when complete;
     a problem with one file goes to ``failed`` and the rest go on."""
     import ray  # deferred: Ray is an optional extra, needed only with --ray
-    from ray.exceptions import ObjectLostError, RayActorError
     from tqdm import tqdm
 
     result = RayRunResult()
@@ -293,7 +302,7 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
     if not actors:
         raise UpscaleError("the Ray cluster has no node with a CPU to run workers on; add one (ray start --address)")
     lost: set = set()
-    _check_ready(ray, actors)
+    _check_ready(ray, actors, lost)
     result.workers = len(actors)
     videos = [_Video(s, d, *video_plans[d]) for s, d in pairs if is_video_output(d)]
     frames_total = sum(v.probe.frames_estimate() for v in videos)
@@ -419,7 +428,7 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
             load[node] = load.get(node, 1) - 1
             try:
                 value = ray.get(ref)
-            except (RayActorError, ObjectLostError):
+            except _worker_lost_errors():
                 # its node (or the worker, beyond Ray's restarts) is gone: the task goes to another worker
                 retry.append(item)
                 result.restarts += 1
