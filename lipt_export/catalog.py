@@ -205,7 +205,10 @@ RAY_NO_WORKER_TIMEOUT_S = 300.0  # every worker gone: how long to wait for a nod
 # `triton --kserve`: a KServe InferenceService for the repository (the kserve-tritonserver runtime)
 KSERVE_RUNTIME = "kserve-tritonserver"
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
-KSERVE_MODEL_FORMATS = {"onnx": "onnx", "tensorrt": "tensorrt", "python": "python"}  # Triton backend -> modelFormat
+# modelFormat (name, version) as the runtime's supportedModelFormats list them: a repository of one kind of model,
+# else the Triton repository format (e.g. --tiled: a Python-backend BLS model beside the model it calls)
+KSERVE_MODEL_FORMATS = {"onnx": ("onnx", "1"), "tensorrt": ("tensorrt", "8")}
+KSERVE_REPOSITORY_FORMAT = ("triton", "2")
 KSERVE_CPU_RESOURCES = {"cpu": "2", "memory": "4Gi"}  # requests for an ONNX model on CPU (limits: twice)
 KSERVE_GPU_RESOURCES = {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}
-KSERVE_MANIFEST_SUFFIX = ".kserve.yaml"  # written beside the repository: REPO.NAME.kserve.yaml
+KSERVE_MANIFEST_SUFFIX = ".inferenceservice.yaml"  # written beside the repository: NAME.inferenceservice.yaml
