@@ -106,7 +106,7 @@ def ray_session(address: str) -> Iterator[str]:
         else:
             try:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
+            except (OSError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
                 raise UpscaleError(f"cannot join the Ray cluster at {address}: {' '.join(str(exc).split())[:200]}"
                                    ) from None
         try:
@@ -305,6 +305,9 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
     _check_ready(ray, actors, lost)
     result.workers = len(actors)
     videos = [_Video(s, d, *video_plans[d]) for s, d in pairs if is_video_output(d)]
+    for video in videos:  # what a local run says about each video's streams
+        for note in video.plan.notes:
+            warn(note)
     frames_total = sum(v.probe.frames_estimate() for v in videos)
     files_bar = tqdm(total=len(pairs), desc="files", unit="file", file=sys.stderr,
                      disable=not progress_bar or len(pairs) <= 1)
@@ -418,6 +421,7 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
                                        f"{RAY_NO_WORKER_TIMEOUT_S:.0f} s; rerun with --skip-existing")
                 time.sleep(1.0)
                 fresh = _node_actors(ray, spec, shipped_ref, actors, lost)
+                _check_ready(ray, fresh, lost)
                 actors.update(fresh)
                 load.update({n: 0 for n in fresh})
                 continue
@@ -437,6 +441,7 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
                     del actors[node]
                     load.pop(node, None)
                     fresh = _node_actors(ray, spec, shipped_ref, actors, lost)
+                    _check_ready(ray, fresh, lost)
                     actors.update(fresh)
                     load.update({n: 0 for n in fresh})
                 continue

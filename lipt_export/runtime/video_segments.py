@@ -32,7 +32,7 @@ from lipt_export.fileio import temp_prefix, umask_mode
 from lipt_export.runtime.pipeline import run_pipeline
 from lipt_export.runtime.tiling import TiledRunner
 from lipt_export.runtime.video import (FrameCount, FrameJob, VideoWriter, _display_matrix, add_video_stream,
-                                       encode_frame, frame_groups, frame_inference)
+                                       check_frame_fits, encode_frame, frame_groups, frame_inference)
 from lipt_export.runtime.video_plan import COLOUR_TAGS, VideoPlan, VideoProbe, ffmpeg_reason, pyav
 
 EncodedPacket = Tuple[bytes, Optional[int], Optional[int], int, bool]  # data, pts, dts, duration, keyframe
@@ -131,6 +131,7 @@ def _decoder(probe: VideoProbe, seg: SegmentInput):
 def upscale_segment(runner: TiledRunner, probe: VideoProbe, plan: VideoPlan, seg: SegmentInput) -> SegmentResult:
     """Decode -> infer -> encode one segment (pipelined as a local video), returning the encoded packets."""
     av = pyav()
+    check_frame_fits(runner, probe)  # a frame run whole must fit this worker's memory, as locally
     ctx = _decoder(probe, seg)
     rotation: List[List[int]] = []
     decoded: List[int] = []
