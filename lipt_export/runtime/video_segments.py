@@ -211,6 +211,9 @@ class SegmentJoiner:
         self.waiting = {}
         self.copied = None  # (index, packet) of the copied streams, in the source's order
         self.peek = None
+        self.delay: Optional[int] = None  # the video's reorder depth, from its first segment
+        self.shown: List[int] = []  # every joined frame's pts, in presentation order
+        self.decoded = 0  # packets joined so far
 
     def add(self, result: SegmentResult) -> int:
         """Take a finished segment; returns how many frames were joined now."""
@@ -235,6 +238,25 @@ class SegmentJoiner:
             self.writer.mux_copied([self.peek])
             self.peek = None
 
+    def _decode_times(self, seg: SegmentResult) -> List[Optional[int]]:
+        """The dts of the segment's packets as one encoder over the whole video gives them: packet ``i`` (in decode
+        order, counted over the video) decodes at the presentation time of frame ``i - delay``, where ``delay`` is the
+        first segment's reorder depth (its packets decoded before its first frame is shown; B-frames). Each
+        segment's own encoder starts that count afresh (a short segment may have no B-frames at all), which would
+        leave jumps in the dts where segments meet; a segment reordering deeper than the first keeps its own."""
+        if self.delay is None:
+            first = min(p[1] for p in seg.packets)
+            self.delay = sum(1 for p in seg.packets if p[2] is not None and p[2] < first)
+        self.shown.extend(sorted(p[1] for p in seg.packets))
+        out = []
+        for data, pts, dts, duration, key in seg.packets:
+            i = self.decoded - self.delay
+            out.append(dts if i < 0 else self.shown[i])
+            self.decoded += 1
+        if any(d is not None and d > p[1] for d, p in zip(out, seg.packets)):
+            return [p[2] for p in seg.packets]
+        return out
+
     def _join(self, seg: SegmentResult) -> int:
         av = pyav()
         if self.writer is None:
@@ -242,7 +264,7 @@ class SegmentJoiner:
             self.writer._open()
             self.copied = self._copied_packets()
         stream = self.writer.stream
-        for data, pts, dts, duration, key in seg.packets:
+        for (data, pts, _, duration, key), dts in zip(seg.packets, self._decode_times(seg)):
             self._copied_until(float((dts if dts is not None else pts) * seg.time_base))
             pkt = av.Packet(data)
             pkt.pts, pkt.dts, pkt.duration, pkt.time_base, pkt.is_keyframe = pts, dts, duration, seg.time_base, key
