@@ -36,5 +36,7 @@ def test_segments_join_like_a_local_run(tiny_export, tmp_path, suffix, lossless)
     if lossless:
         assert all(np.array_equal(x, y) for x, y in zip(a[0], b[0]))
     assert packets(local) == packets(joined)  # the audio, packet for packet
-    # the video packets' timestamps too (pts and dts: the segments' encoder delays are joined into one)
-    assert [p[:2] for p in packets(local, "video")] == [p[:2] for p in packets(joined, "video")]
+    # the video packets' timestamps: the same pts (in another decode order where the segments' GOPs differ from
+    # the single encoder's) and the same dts sequence (the segments' encoder delays joined into one)
+    va, vb = packets(local, "video"), packets(joined, "video")
+    assert sorted(p[0] for p in va) == sorted(p[0] for p in vb) and [p[1] for p in va] == [p[1] for p in vb]
