@@ -36,13 +36,14 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequenc
 
 from lipt_export.catalog import (RAY_AUTO, RAY_CONNECT_TIMEOUT_S, RAY_INSTALL_HINT,
                                  RAY_NO_WORKER_TIMEOUT_S, RAY_READY_TIMEOUT_S, RAY_TASKS_PER_WORKER)
-from lipt_export.errors import LiptExportError, UpscaleError
-from lipt_export.fileio import dead_owner_temps, save_atomic, sha256_file, temp_prefix
+from lipt_export.errors import DiskFullError, LiptExportError, UpscaleError
+from lipt_export.fileio import dead_owner_temps, disk_full, save_atomic, sha256_file, temp_prefix
 from lipt_export.manifest import MANIFEST_NAME as MANIFEST_FILE
 from lipt_export.runtime.loader import Artifact, open_artifact
 from lipt_export.runtime.resolve import Plan
 from lipt_export.runtime.upscale import is_video_output, upscale_file
 from lipt_export.runtime.video import FrameCount, VideoPlan, VideoProbe
+from lipt_export.runtime.video_plan import ffmpeg_reason, pyav
 from lipt_export.runtime.video_segments import (SegmentInput, SegmentJoiner, SegmentResult, segment_frames,
                                                 split_segments, upscale_segment)
 
@@ -345,10 +346,32 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
         failed(video.src, video.dst, message)
         files_bar.update(1)
 
+    def write_output(dst: Path, write: Callable[[], Any]) -> Any:
+        """Writing an output here: a full disk stops the run (saying what was finished), an encoder/muxer error
+        fails that file; both in one line, nothing half-written."""
+        av = pyav()
+        try:
+            return write()
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            raise DiskFullError(f"disk full writing {dst} ({exc.strerror}): {result.images} image(s) and "
+                                f"{result.videos} video(s) were finished, nothing is half-written under {dst.name}; "
+                                f"free space and rerun with --skip-existing") from None
+        except av.error.FFmpegError as exc:
+            raise UpscaleError(f"writing {dst.name} failed ({ffmpeg_reason(exc)}); nothing is written under "
+                               f"{dst.name}") from None
+
     def maybe_finish(video: _Video) -> None:
         if video.failed or video.segments is None or video.joiner is None or video.joiner.next != video.segments:
             return
-        video.joiner.finish(video.segments)
+        try:
+            write_output(video.dst, lambda: video.joiner.finish(video.segments))
+        except DiskFullError:
+            raise
+        except LiptExportError as exc:
+            fail_video(video, str(exc))
+            return
         result.videos += 1
         done(video.src, video.dst)
         files_bar.update(1)
@@ -369,7 +392,7 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
                 result.failures.append(problem)
                 failed(a, b, problem)
             else:
-                save_atomic(b, lambda tmp: Path(tmp).write_bytes(data))
+                write_output(b, lambda: save_atomic(b, lambda tmp: Path(tmp).write_bytes(data)))
                 result.images += 1
                 done(a, b)
             files_bar.update(1)
@@ -383,7 +406,9 @@ def upscale_on_ray(art: Artifact, artifact_arg: str, plan: Plan, pairs: Sequence
         if a.joiner is None:
             a.joiner = SegmentJoiner(a.probe, a.plan, count)
         try:
-            joined = a.joiner.add(seg_result)
+            joined = write_output(a.dst, lambda: a.joiner.add(seg_result))
+        except DiskFullError:
+            raise
         except LiptExportError as exc:
             fail_video(a, str(exc))
             return
