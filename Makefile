@@ -19,11 +19,12 @@ setup: $(STAMP)
 export: $(STAMP)
 	$(BIN)/lipt-export --model lipt --variant small --scale 4 --fp16 --out $(OUT) --overwrite
 
-## The Triton server tests need the server's own venv (numpy<2); set up here, idempotent. If it cannot be
-## made, those tests skip and say why.
+## The Triton server tests need the server's own venv (numpy<2), the KServe manifest test the kserve SDK's
+## (protobuf<7); set up here, idempotent. If one cannot be made, its tests skip and say why.
 test: $(STAMP)
 	$(BIN)/lipt-export serve --setup || echo "lipt-export: warning: no Triton server environment; its tests will skip"
 	bash cpp/setup.sh $(BIN)/python || echo "lipt-export: warning: the C++ part did not build (cpp/build/UNAVAILABLE); its tests will skip"
+	$(BIN)/python tests/helpers/kserve_env.py || echo "lipt-export: warning: no kserve SDK venv; the KServe manifest test will skip"
 	$(BIN)/python -m pytest -q
 
 ## The C++ serving library and lipt-upscale-cpp (cpp/, docs/serving.md) into cpp/build; Debian packages installed if missing.

@@ -191,3 +191,24 @@ def check_choice(model: str, variant: Optional[str], scale: int) -> None:
     if scale not in fam.scales:
         raise ModelError(f"model '{model.lower()}' does not support scale {scale}; supported scales: "
                          f"{', '.join(map(str, fam.scales))}")
+
+# `upscale --ray`: Ray is an optional extra (the default install stays without it)
+RAY_INSTALL_HINT = 'pip install "lipt-export[ray]"'
+RAY_AUTO = "auto"  # --ray with no address: a private local Ray on 127.0.0.1 for this run
+RAY_TASKS_PER_WORKER = 2  # in flight per worker actor: the next input travels while the current one runs
+RAY_SEGMENTS_PER_WORKER = 4  # a video is cut (at keyframes) into about this many segments per worker
+RAY_MIN_SEGMENT_FRAMES = 8  # no shorter segments than this (nor than one GOP): each costs an encoder start
+RAY_CONNECT_TIMEOUT_S = 5.0  # a cluster ADDRESS that does not answer within this is refused in one line
+RAY_READY_TIMEOUT_S = 60.0  # how long the start waits for workers to open the export (slower ones join later)
+RAY_NO_WORKER_TIMEOUT_S = 300.0  # every worker gone: how long to wait for a node to come back before giving up
+
+# `triton --kserve`: a KServe InferenceService for the repository (the kserve-tritonserver runtime)
+KSERVE_RUNTIME = "kserve-tritonserver"
+KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
+# modelFormat (name, version) as the runtime's supportedModelFormats list them: a repository of one kind of model,
+# else the Triton repository format (e.g. --tiled: a Python-backend BLS model beside the model it calls)
+KSERVE_MODEL_FORMATS = {"onnx": ("onnx", "1"), "tensorrt": ("tensorrt", "8")}
+KSERVE_REPOSITORY_FORMAT = ("triton", "2")
+KSERVE_CPU_RESOURCES = {"cpu": "2", "memory": "4Gi"}  # requests for an ONNX model on CPU (limits: twice)
+KSERVE_GPU_RESOURCES = {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"}
+KSERVE_MANIFEST_SUFFIX = ".inferenceservice.yaml"  # written beside the repository: NAME.inferenceservice.yaml

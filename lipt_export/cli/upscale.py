@@ -12,10 +12,11 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from lipt_export.catalog import (CPU_RUNTIMES, LOSSLESS_CONTAINERS, LOSSLESS_VIDEO_CODEC, PRECISIONS,
+from lipt_export.catalog import (CPU_RUNTIMES, LOSSLESS_CONTAINERS, LOSSLESS_VIDEO_CODEC, PRECISIONS, RAY_AUTO,
                                  SERVING_BACKENDS, VIDEO_CONTAINERS, VIDEO_CRF)
 from lipt_export.errors import DiskFullError, LiptExportError, UpscaleError
 from lipt_export.manifest import demo_weights_warning
+from lipt_export.runtime.distributed import check_address, ray_problem, ray_session, upscale_on_ray
 from lipt_export.runtime.loader import open_artifact
 from lipt_export.runtime.resolve import resolve
 from lipt_export.runtime.upscale import is_video_output, plan_outputs, remove_stale_temps, upscale_images
@@ -81,12 +82,25 @@ def _terminate_as_interrupt():
                    "Within budget: the file's own numerics (ONNX Runtime, OpenVINO f32), or bf16 (CPUs that "
                    "compile it) within 0.01 dB PSNR-Y, or OpenVINO's INT8 kernels within the export's INT8 "
                    "budget. Named runtimes run as asked (a CPU without bf16 runs f32 and says so).")
+@click.option("--ray", "ray_address", default=None, is_flag=False, flag_value=RAY_AUTO, metavar="[auto|ADDRESS]",
+              help="Spread the files (and videos, cut at keyframes into segments) over a Ray cluster: auto starts a "
+                   "private local Ray on 127.0.0.1 for this run; HOST:PORT joins a running cluster (it has no "
+                   "authentication unless configured: keep it on a private network; docs/distributed.md). Outputs "
+                   "are written by this process, as a local run writes them.")
 @click.option("--skip-existing", is_flag=True, help="Leave outputs that already exist alone (resume a large folder).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def command(artifact, input_path, output_path, precision, backend, tile, overlap, alpha_mode, fmt, codec, crf,
-            lossless, pix_fmt, start, duration, batch, threads, runtime, skip_existing, quiet):
+            lossless, pix_fmt, start, duration, batch, threads, runtime, ray_address, skip_existing, quiet):
     """Upscale INPUT (an image, a video or a folder of them) with ARTIFACT (export dir, .onnx or .engine) into
     OUTPUT. Videos keep their audio, subtitles, timestamps, rotation and colour tags; every frame is upscaled."""
+    if ray_address is not None:  # before any work: Ray installed, the cluster answering, options it runs
+        problem = ray_problem()
+        if problem:
+            raise UpscaleError(problem)
+        if start is not None or duration is not None:
+            raise UpscaleError("--start/--duration are not run with --ray (a clip is short: upscale it locally)")
+        if ray_address != RAY_AUTO:
+            check_address(ray_address)
     pairs, warnings = plan_outputs(Path(input_path), Path(output_path), fmt)
     video_opts = VideoOptions(codec, crf, lossless, pix_fmt, start, duration, batch)
     videos = [(src, dst) for src, dst in pairs if is_video_output(dst)]
@@ -99,9 +113,11 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
     single = len(pairs) == 1 and not Path(input_path).is_dir()
     failures = []
     video_plans = {}
+    probes = {}
     for src, dst in videos:  # every video checked before the model runs: one line each, nothing loaded
         try:
-            video_plans[dst] = plan_video(probe_video(src), dst, art.scale, video_opts)
+            probes[dst] = probe_video(src)
+            video_plans[dst] = plan_video(probes[dst], dst, art.scale, video_opts)
         except LiptExportError as exc:
             if single:
                 raise
@@ -109,7 +125,7 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
             click.echo(f"lipt-export: error: {exc}", err=True)
     plan = resolve(art, runtime=runtime, tile=tile, overlap=overlap, threads=threads, measure=measure_artifact)
     warnings += plan.warnings + [w for w in [art.manifest and demo_weights_warning(art.manifest)] if w]
-    runner = plan.tiled_runner(threads=threads)  # run
+    runner = plan.tiled_runner(threads=threads) if ray_address is None else None  # run (here, or on the workers)
     if len(pairs) > 1 or Path(input_path).is_dir():
         Path(output_path).mkdir(parents=True, exist_ok=True)
     else:
@@ -120,6 +136,10 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
     skipped = [dst for _, dst in pairs if skip_existing and dst.exists()]
     # videos refused above are not run (their error is already out)
     todo = [(src, dst) for src, dst in pairs if dst not in skipped and (not is_video_output(dst) or dst in video_plans)]
+    if ray_address is not None:
+        _run_on_ray(ray_address, art, artifact, plan, todo, {d: (probes[d], video_plans[d]) for d in video_plans},
+                    pairs, skipped, failures, warnings, single, threads, alpha_mode, quiet, runtime, output_path)
+        return
     t0 = time.perf_counter()
     finished = {"images": 0, "videos": 0, "frames": 0}
     count = FrameCount()
@@ -188,5 +208,43 @@ def command(artifact, input_path, output_path, precision, backend, tile, overlap
     done = finished["images"] + finished["videos"]
     if len(pairs) > 1 or skipped:
         click.echo(f"done {done}, failed {len(failures)}, skipped {len(skipped)} (already there)")
+    if failures:
+        raise UpscaleError(f"{len(failures)} of {len(pairs)} files failed (see above)")
+
+
+def _run_on_ray(address, art, artifact, plan, todo, video_plans, pairs, skipped, failures, warnings, single, threads,
+                alpha_mode, quiet, runtime, output_path) -> None:
+    """``--ray``: the same files, outputs and messages as a local run, the work done by the cluster's workers."""
+    t0 = time.perf_counter()
+
+    def failed(src, dst, message):
+        if single:
+            raise UpscaleError(message)
+        failures.append(message)
+        click.echo(f"lipt-export: error: {message}", err=True)
+
+    count = FrameCount()
+    try:
+        with _terminate_as_interrupt(), ray_session(address) as where:
+            res = upscale_on_ray(art, artifact, plan, todo, video_plans, threads=threads, alpha_mode=alpha_mode,
+                                 progress_bar=not quiet, warn=warnings.append, failed=failed, count=count)
+    except KeyboardInterrupt:
+        click.echo("lipt-export: error: interrupted: finished outputs are complete, nothing is half-written; rerun "
+                   "with --skip-existing to do the rest", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    for w in dict.fromkeys(warnings):
+        click.echo(f"lipt-export: warning: {w}", err=True)
+    if runtime == "auto":
+        click.echo(f"runtime: {plan.runtime} (auto, {plan.why})")
+    seconds = time.perf_counter() - t0
+    parts = [f"{res.images} image(s)"] if res.images or not res.videos else []
+    if res.videos:
+        parts.append(f"{res.videos} video(s) ({res.frames} frames, {res.frames / max(seconds, 1e-9):.2f} frames/s)")
+    tile_txt = f"tile {plan.tile} overlap {plan.overlap}" if plan.tile else "whole image"
+    lost = f", {res.restarts} task(s) moved off lost workers" if res.restarts else ""
+    click.echo(f"upscaled {' and '.join(parts)} x{art.scale} with {plan.runtime} on {res.workers} Ray worker(s) of "
+               f"{where} ({tile_txt}{lost}) -> {output_path} in {seconds:.1f}s")
+    if len(pairs) > 1 or skipped:
+        click.echo(f"done {res.images + res.videos}, failed {len(failures)}, skipped {len(skipped)} (already there)")
     if failures:
         raise UpscaleError(f"{len(failures)} of {len(pairs)} files failed (see above)")

@@ -171,6 +171,45 @@ def _display_matrix(frame) -> List[int]:
     return []
 
 
+def add_video_stream(container, probe: VideoProbe, plan: VideoPlan) -> Tuple[Any, Dict[str, Any]]:
+    """The upscaled video's encoder stream in ``container`` (codec, rate, size, pixel format, time base, options,
+    colour tags) and the ``reformat`` arguments that turn RGB codes into its pixel format. One function for the
+    whole-file writer and for the segments of a distributed run (:mod:`lipt_export.runtime.video_segments`), so
+    both encode with the same settings."""
+    av = pyav()
+    s = container.add_stream(plan.codec, rate=probe.rate) if probe.rate else container.add_stream(plan.codec)
+    s.width, s.height, s.pix_fmt = plan.width, plan.height, plan.pix_fmt
+    s.time_base = probe.time_base
+    s.codec_context.time_base = probe.time_base
+    s.codec_context.options = dict(plan.options)
+    rgb = av.VideoFormat(plan.pix_fmt).is_rgb
+    for key in COLOUR_TAGS:
+        value = probe.colour[key]
+        if rgb and key == "colorspace":
+            value = RGB_MATRIX
+        elif rgb and key == "color_range":
+            value = FULL_RANGE
+        setattr(s.codec_context, key, value)
+    if rgb:
+        return s, {"format": plan.pix_fmt}
+    rng = probe.colour["color_range"]
+    yuvj = probe.pix_fmt.startswith("yuvj")
+    return s, {"format": plan.pix_fmt,
+               "dst_colorspace": probe.colour["colorspace"] if probe.colour["colorspace"] not in
+               (UNSPECIFIED, RGB_MATRIX) else None,
+               "dst_color_range": FULL_RANGE if yuvj else rng or None}
+
+
+def encode_frame(stream, reformat: Dict[str, Any], plan: VideoPlan, codes: np.ndarray, pts: int, time_base) -> list:
+    """Upscaled RGB codes -> the encoder's packets (none while it looks ahead)."""
+    av = pyav()
+    frame = av.VideoFrame.from_ndarray(codes, format="rgb48le" if plan.out_bits == 16 else "rgb24")
+    frame = frame.reformat(**reformat)
+    frame.pts = pts
+    frame.time_base = time_base
+    return list(stream.encode(frame))
+
+
 class VideoWriter:
     """The output container (in the pipeline's encoder thread): streams are made at the first job (the display
     matrix comes with the first decoded frame), copied packets are muxed as they come, frames encoded."""
@@ -194,19 +233,7 @@ class VideoWriter:
             if key.lower() not in DROPPED_METADATA:
                 out.metadata[key] = value
         out.metadata["comment"] = f"{probe.comment}; {UPSCALE_MARK}" if probe.comment else UPSCALE_MARK
-        s = out.add_stream(plan.codec, rate=probe.rate) if probe.rate else out.add_stream(plan.codec)
-        s.width, s.height, s.pix_fmt = plan.width, plan.height, plan.pix_fmt
-        s.time_base = probe.time_base
-        s.codec_context.time_base = probe.time_base
-        s.codec_context.options = dict(plan.options)
-        rgb = av.VideoFormat(plan.pix_fmt).is_rgb
-        for key in COLOUR_TAGS:
-            value = probe.colour[key]
-            if rgb and key == "colorspace":
-                value = RGB_MATRIX
-            elif rgb and key == "color_range":
-                value = FULL_RANGE
-            setattr(s.codec_context, key, value)
+        s, self.reformat = add_video_stream(out, probe, plan)
         for key, value in src_video.metadata.items():
             if key.lower() in ("language", "title", "handler_name"):
                 s.metadata[key] = value
@@ -221,22 +248,11 @@ class VideoWriter:
                     copy.metadata[key] = value
             copy.disposition = template.disposition
             self.copies[index] = copy
-        rng = probe.colour["color_range"]
-        if not rgb:
-            yuvj = probe.pix_fmt.startswith("yuvj")
-            self.reformat = {"format": plan.pix_fmt,
-                             "dst_colorspace": probe.colour["colorspace"] if probe.colour["colorspace"] not in
-                             (UNSPECIFIED, RGB_MATRIX) else None,
-                             "dst_color_range": FULL_RANGE if yuvj else rng or None}
-        else:
-            self.reformat = {"format": plan.pix_fmt}
         self.shift = int(round(self.source.offset_s / probe.time_base))
 
-    def write(self, job: FrameJob) -> None:
-        if self.stream is None:
-            self._open()
-        av = self.av
-        for index, pkt in job.packets:
+    def mux_copied(self, packets: List[Tuple[int, Any]]) -> None:
+        """The copied streams' packets (``(input stream index, packet)``), shifted when a clip starts later."""
+        for index, pkt in packets:
             if self.source.offset_s:
                 delta = int(round(self.source.offset_s / pkt.time_base))
                 if pkt.pts is not None:
@@ -245,13 +261,15 @@ class VideoWriter:
                     pkt.dts -= delta
             pkt.stream = self.copies[index]
             self.container.mux(pkt)
+
+    def write(self, job: FrameJob) -> None:
+        if self.stream is None:
+            self._open()
+        self.mux_copied(job.packets)
         if job.codes is None:
             return
-        frame = av.VideoFrame.from_ndarray(job.codes, format="rgb48le" if self.plan.out_bits == 16 else "rgb24")
-        frame = frame.reformat(**self.reformat)
-        frame.pts = job.pts - self.shift
-        frame.time_base = self.probe.time_base
-        for pkt in self.stream.encode(frame):
+        for pkt in encode_frame(self.stream, self.reformat, self.plan, job.codes, job.pts - self.shift,
+                                self.probe.time_base):
             self.container.mux(pkt)
         self.count.done += 1
         if self.progress is not None:
@@ -333,7 +351,7 @@ def frame_inference(runner: TiledRunner, plan: VideoPlan) -> Callable[[List[Fram
     return group
 
 
-def _groups(source, k: int) -> Iterator[List[FrameJob]]:
+def frame_groups(source, k: int) -> Iterator[List[FrameJob]]:
     group: List[FrameJob] = []
     for job in source:
         group.append(job)
@@ -376,7 +394,7 @@ def upscale_video(runner: TiledRunner, src: Path, dst: Path, options: VideoOptio
                     writer.write(job)
 
             try:
-                stats.append(run_pipeline(_groups(source, plan.batch), infer, sink, depth))
+                stats.append(run_pipeline(frame_groups(source, plan.batch), infer, sink, depth))
                 if count.done == 0:
                     raise UpscaleError(f"no frame of {src.name} lies in --start {plan.start or 0:g} --duration "
                                        f"{plan.duration} (it is {probe.duration_s or 0:.2f} s long); nothing written")

@@ -9,9 +9,9 @@ import numpy as np
 
 
 def make_clip(path: Path, frames, *, rate=12, pts=None, codec="libx264", pix_fmt="yuv420p", audio=True,
-              rotation=0, colour=(1, 1, 1, 1), subtitles=()) -> Path:
+              rotation=0, colour=(1, 1, 1, 1), subtitles=(), keyint=None) -> Path:
     """A clip of ``frames`` (uint8 HxWx3 RGB) with optional AAC audio, SubRip subtitles ((ms, text) pairs), display
-    rotation and colour tags."""
+    rotation and colour tags; ``keyint``: a keyframe every that many frames (x264), e.g. to cut it into segments."""
     fmt = {".mkv": "matroska", ".mp4": "mp4", ".webm": "webm"}[path.suffix]
     with av.open(str(path), "w", format=fmt) as out:
         v = out.add_stream(codec, rate=rate)
@@ -22,7 +22,7 @@ def make_clip(path: Path, frames, *, rate=12, pts=None, codec="libx264", pix_fmt
         for key, value in zip(("color_primaries", "color_trc", "colorspace", "color_range"), colour):
             setattr(v.codec_context, key, value)
         if codec == "libx264":
-            v.codec_context.options = {"crf": "10", "preset": "ultrafast"}
+            v.codec_context.options = {"crf": "10", "preset": "ultrafast", **({"g": str(keyint)} if keyint else {})}
         if rotation:
             v.set_display_rotation(rotation)
         a = out.add_stream("aac", rate=48000) if audio else None
