@@ -244,11 +244,11 @@ def measure_peaks(threads: Optional[int] = None, isa_cap: str = "native", second
               f"{threads} threads; ISA from /proc/cpuinfo" + ("" if isa_cap == "native" else f", capped at {isa_cap}"))
     if not flags:
         return PeakReport(model, isa_cap, method, not_measured="no CPU flags (/proc/cpuinfo) to choose kernels from")
-    flags = capped_flags(flags, isa_cap)
+    native_flags, flags = flags, capped_flags(flags, isa_cap)
     kernels = choose_kernels(flags)
     if not kernels:
         return PeakReport(model, isa_cap, method, not_measured="this CPU has no AVX2 (nor newer x86 vector ISA)")
-    path, why = build_library(flags)
+    path, why = build_library(native_flags)  # one build serves every cap
     if path is None:
         return PeakReport(model, isa_cap, method, not_measured=why)
     lib = ctypes.CDLL(str(path))
