@@ -49,22 +49,25 @@ def main() -> None:
     ap.add_argument("--size", default="1920x1080", help="input W x H")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tiles", default=None, help="override every family's tile list (0 = whole image)")
+    ap.add_argument("--family-size", default="", help="per-family input sizes, e.g. 'agileir=960x540'")
     ap.add_argument("--plan", default="", help="per-family tile lists, e.g. 'lipt=128,256;agileir=128,256'")
     ap.add_argument("--smsr-weights", default=None, help="SMSR checkpoint (x2 official) instead of demo weights")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget-min", type=float, default=25.0, help="per family: no new round after this")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tiles.json"))
     args = ap.parse_args()
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    sizes = dict(p.split("=", 1) for p in args.family_size.split(";") if p)
     results, summary = [], []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        src = tmp / f"in_{w}x{h}.png"
-        run_child([sys.executable, str(ROOT / "benchmarks" / "bench_memory.py"), "--make-image", str(src), str(w),
-                   str(h)])
         for fam in args.families.split(","):
+            w, h = (int(v) for v in sizes.get(fam, args.size).lower().split("x"))
+            src = tmp / f"in_{w}x{h}.png"
+            if not src.exists():  # in a child: a child's ru_maxrss starts at its parent's RSS (fork)
+                run_child([sys.executable, str(ROOT / "benchmarks" / "bench_memory.py"), "--make-image", str(src),
+                           str(w), str(h)])
             variant, tiles = PLANS[fam]
             plan = dict(p.split("=", 1) for p in args.plan.split(";") if p)
             if args.tiles or fam in plan:
@@ -90,7 +93,8 @@ def main() -> None:
                                               "--runtime", "onnxruntime", "--threads", str(args.threads), "-q"])
                     steal_pct = 100 * (steal_jiffies() - steal0) / os.sysconf("SC_CLK_TCK") / (
                         (time.monotonic() - wall0) * os.cpu_count())
-                    rec = {"family": fam, "variant": variant, "scale": args.scale, "tile": t, "round": rnd,
+                    rec = {"family": fam, "variant": variant, "scale": args.scale, "input": [w, h], "tile": t,
+                           "round": rnd,
                            "seconds": round(seconds, 2), "peak_rss_mib": round(rss, 1), "load_before": load0,
                            "load_after": os.getloadavg()[0], "steal_pct": round(steal_pct, 2)}
                     runs[t].append(rec)
@@ -98,25 +102,25 @@ def main() -> None:
                     dst.unlink(missing_ok=True)
                     print(f"  {fam} tile {t or 'whole'} round {rnd}: {seconds:.1f} s, {rss:.0f} MiB, load "
                           f"{load0:.2f} -> {rec['load_after']:.2f}, steal {steal_pct:.1f} %", flush=True)
-                    out.write_text(json.dumps({"size": [w, h], "results": results}, indent=2) + "\n")
+                    out.write_text(json.dumps({"results": results}, indent=2) + "\n")
             base = statistics.median(r["seconds"] for r in runs[tiles[0]])
             for t in tiles:
                 secs = [r["seconds"] for r in runs[t]]
                 rss = [r["peak_rss_mib"] for r in runs[t]]
-                summary.append({"family": fam, "variant": variant, "tile": t, "rounds": len(secs),
+                summary.append({"family": fam, "variant": variant, "input": [w, h], "tile": t, "rounds": len(secs),
                                 "median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs),
                                 "median_rss_mib": statistics.median(rss), "max_rss_mib": max(rss),
                                 "time_vs_first": statistics.median(secs) / base})
-    rows = [[s["family"] + "-" + s["variant"], s["tile"] or "whole", s["rounds"], f"{s['median_rss_mib']:.0f}",
+    rows = [[s["family"] + "-" + s["variant"], "x".join(map(str, s["input"])), s["tile"] or "whole", s["rounds"], f"{s['median_rss_mib']:.0f}",
              f"{s['max_rss_mib']:.0f}", f"{s['median_s']:.1f}", f"{s['min_s']:.1f}-{s['max_s']:.1f}",
              f"{s['time_vs_first']:.2f}"] for s in summary]
     print()
-    print(format_table(("model", "tile", "rounds", "peak RSS MiB (median)", "max", "seconds (median)", "min-max",
+    print(format_table(("model", "input", "tile", "rounds", "peak RSS MiB (median)", "max", "seconds (median)", "min-max",
                         "time / first tile"), rows))
     loads = [r["load_before"] for r in results] + [r["load_after"] for r in results]
-    print(f"\n{w}x{h} x{args.scale}, {args.threads} threads, load average {min(loads):.2f}-{max(loads):.2f}, "
+    print(f"\nx{args.scale}, {args.threads} threads, load average {min(loads):.2f}-{max(loads):.2f}, "
           f"steal max {max(r['steal_pct'] for r in results):.1f} %")
-    out.write_text(json.dumps({"size": [w, h], "scale": args.scale, "threads": args.threads, "results": results,
+    out.write_text(json.dumps({"scale": args.scale, "threads": args.threads, "results": results,
                                "summary": summary}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from lipt_export.errors import ModelError, UsageError
-from lipt_export.tiling import RECOMMENDED_TILE
+from lipt_export.tiling import DEFAULT_TILE, RECOMMENDED_TILE
 
 
 def _esrt_scores(batch: int, h: int, w: int) -> int:
@@ -31,6 +31,10 @@ class Family(NamedTuple):
     # LR tile for tiled serving; tile_required: whole-image inference is impractical (quadratic attention)
     recommended_tile: int = RECOMMENDED_TILE
     tile_required: bool = False
+    # LR tile `upscale`, `eval`, `serve` and the C++ upscaler use when none is asked for (images up to it run
+    # whole): measured per family as the least memory at no cost in speed (docs/benchmarks.md, "Default tile per
+    # family"); written into each export's manifest (io.tiling.default_tile)
+    default_tile: int = DEFAULT_TILE
     # engines default to one static profile at the tile (TensorRT-RTX builds the dynamic graph far slower)
     static_engine_profile: bool = False
     # the largest tensor that grows faster than the image (elements for batch, H, W), or None
