@@ -182,3 +182,19 @@ def test_a_choice_timed_under_load_is_provisional_and_upscale_says_so(tiny_expor
     plain = run_cli("upscale", tiny_export, src, tmp_path / "out2.png", "-q")
     assert "provisional" not in plain.stderr or json.loads((tiny_export / "manifest.json").read_text())[
         "runtime_choice"]["fp32"].get("provisional")
+
+
+def test_each_bench_row_is_compared_with_the_peak_its_runtime_uses():
+    measured = {"fp32": peak.Peak("fp32", "AVX2+FMA", "vfmadd231ps ymm", 100.0, 190.0, 2),
+                "int8": peak.Peak("int8", "AVX2", "vpmaddubsw", 200.0, 400.0, 2, "GOP/s"),
+                "amx-int8": peak.Peak("amx-int8", not_measured="no AMX")}
+    zen3 = peak.PeakReport("AMD EPYC", "native", "test", measured)
+    assert peak.peak_for_row(zen3, "fp32", "onnxruntime") == (190.0, "fp32 AVX2+FMA")
+    assert peak.peak_for_row(zen3, "fp16", "onnxruntime") == (190.0, "fp32 AVX2+FMA")
+    assert peak.peak_for_row(zen3, "int8", "onnxruntime") == (400.0, "int8 AVX2")
+    assert peak.peak_for_row(zen3, "fp32", "openvino-bf16") == (190.0, "fp32 AVX2+FMA")  # no bf16 here
+    amx = peak.PeakReport("Xeon", "native", "test", dict(measured, **{
+        "amx-int8": peak.Peak("amx-int8", "AMX-INT8", "tdpbusd", 2000.0, 4000.0, 2, "GOP/s")}))
+    assert peak.peak_for_row(amx, "int8", "onnxruntime") == (4000.0, "AMX-INT8")
+    none = peak.PeakReport("?", "native", "test", not_measured="no C compiler")
+    assert peak.peak_for_row(none, "fp32", "onnxruntime") == (None, "fp32")

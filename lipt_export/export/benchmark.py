@@ -9,9 +9,10 @@ Columns: median and p90 latency, speed-up vs the eager train and deploy graphs, 
 ``--dataset`` HR images, else output PSNR against the export's golden eager outputs), GMAC per forward, achieved
 GFLOP/s (GOP/s for INT8) and its share of this CPU's measured peak for that arithmetic
 (:func:`lipt_export.validation.peak.measure_peaks`: register-only FMA / dot-product kernels for the ISA the CPU
-has, on the bench's threads): fp32, fp16 and fp8 files against the fp32 FMA peak (CPU runtimes compute them in
-fp32), INT8 against the int8 dot-product peak (VNNI, else vpmaddubsw; AMX listed on its own), OpenVINO's bf16
-execution against the bf16 peak where the CPU has one. Without a C compiler the peaks are *not measured* and the
+has, on the bench's threads) of the instructions the runtime's kernels use: fp32, fp16 and fp8 files against the
+fp32 FMA peak (CPU runtimes compute them in fp32), INT8 against AMX-INT8 where the CPU has it, else the int8
+dot-product peak (VNNI, else vpmaddubsw), OpenVINO's bf16 execution against AMX-BF16, else AVX512_BF16
+(:func:`lipt_export.validation.peak.peak_for_row`); every peak is in the JSON and printed below the table. Without a C compiler the peaks are *not measured* and the
 column is empty, saying why. The timing drops rounds on a busy machine and reports load, steal and spread
 (:func:`lipt_export.validation.bench.interleaved_timing`).
 

@@ -67,7 +67,9 @@ class TimingReport:
         if self.dropped:
             drop = f", {len(self.dropped)} dropped ({self.dropped[0].split(': ', 1)[1]}" + (
                 ", ..." if len(self.dropped) > 1 else "") + ")"
-        text = f"{load}{steal}; {self.kept} of {self.rounds} rounds kept{drop}; IQR <= {spread:.1f} % of the median"
+        kept = (f"{self.rounds - len(self.dropped)} of {self.rounds} rounds quiet, all counted" if self.noisy else
+                f"{self.kept} of {self.rounds} rounds kept")
+        text = f"{load}{steal}; {kept}{drop}; IQR <= {spread:.1f} % of the median"
         return text + (f"; BUSY MACHINE: {self.noisy}" if self.noisy else "")
 
     def to_dict(self) -> Dict[str, Any]:

@@ -13,8 +13,9 @@ without the newer extensions would (the AVX2 path of an AMD Zen 3 on an AVX-512 
 at first use with the system compiler (``$CC``, else ``cc``/``gcc``/``clang``) into a cache folder keyed by the
 source's hash, the compiler and the CPU flags, and loaded with ctypes; without a compiler (or on a CPU that is
 not x86-64) every peak is *not measured*, with the reason: never a guess. Each rate is the best of a few short
-timed calls (one thread, then ``threads`` Python threads at once: ctypes releases the GIL), since other work can
-only make a peak look lower.
+calls (one thread, then ``threads`` Python threads at once, at most the usable cores: ctypes releases the GIL),
+each thread's operations over its own CPU time, so time slices taken by other processes on a shared machine do
+not lower it (a slower all-core clock or a busy SMT sibling still do).
 """
 from __future__ import annotations
 
@@ -191,23 +192,26 @@ def _function(lib: ctypes.CDLL, symbol: str):
 
 
 def _rate(fn, iters: int, threads: int) -> float:
-    """G operations per second of ``threads`` simultaneous calls of ``iters`` iterations (wall clock)."""
+    """G operations per second of ``threads`` simultaneous calls of ``iters`` iterations: each thread's operations
+    over its own CPU time (``time.thread_time``), summed, so time slices given to other processes on a shared
+    machine do not count against the peak (an SMT sibling or a slower all-core clock still do)."""
     start = threading.Barrier(threads + 1)
-    ops = [0.0] * threads
+    rates = [0.0] * threads
 
     def work(i: int) -> None:
         sink = ctypes.c_float()
         start.wait()
-        ops[i] = fn(iters, ctypes.byref(sink))
+        t0 = time.thread_time()
+        ops = fn(iters, ctypes.byref(sink))
+        rates[i] = ops / max(time.thread_time() - t0, 1e-9)
 
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
     start.wait()
-    t0 = time.perf_counter()
     for t in pool:
         t.join()
-    return sum(ops) / (time.perf_counter() - t0) / 1e9
+    return sum(rates) / 1e9
 
 
 def _measure(fn, threads: int, seconds: float, repeats: int) -> Tuple[float, float]:
@@ -238,10 +242,11 @@ def measure_peaks(threads: Optional[int] = None, isa_cap: str = "native", second
                   repeats: int = 3) -> PeakReport:
     """Every precision's peak on this CPU (see the module doc); ``threads``: the all-threads row (default: the
     cores this process may use). Cached per process."""
-    threads = threads or default_peak_threads()
+    # per-thread CPU time adds up to a peak only for threads that can run at once: at most the usable cores
+    threads = min(threads or default_peak_threads(), default_peak_threads())
     model, flags = cpu_flags()
     method = (f"register-only kernels (peak_kernels.c), best of {repeats} calls of ~{seconds:g} s, one thread and "
-              f"{threads} threads; ISA from /proc/cpuinfo" + ("" if isa_cap == "native" else f", capped at {isa_cap}"))
+              f"{threads} threads at once, each timed by its own CPU time; ISA from /proc/cpuinfo" + ("" if isa_cap == "native" else f", capped at {isa_cap}"))
     if not flags:
         return PeakReport(model, isa_cap, method, not_measured="no CPU flags (/proc/cpuinfo) to choose kernels from")
     native_flags, flags = flags, capped_flags(flags, isa_cap)
@@ -284,15 +289,19 @@ def measure_peaks(threads: Optional[int] = None, isa_cap: str = "native", second
 
 
 def peak_for_row(report: PeakReport, precision: str, runtime: str) -> Tuple[Optional[float], str]:
-    """(the peak a bench row is compared with, its name). INT8 files against the vector int8 peak (AMX is listed
-    on its own), OpenVINO's bf16 execution against the bf16 peak where there is one, everything else (fp32; fp16
-    and fp8 files, which CPU runtimes compute in fp32) against the fp32 peak."""
-    key = "fp32"
+    """(the peak a bench row is compared with, its name): the peak of the instructions the runtime's kernels use for
+    that arithmetic on this CPU. INT8 files: AMX-INT8 where measured (ONNX Runtime's MLAS and oneDNN run int8
+    GEMMs on AMX where the CPU has it), else the vector int8 peak (VNNI, else vpmaddubsw); OpenVINO's bf16
+    execution: AMX-BF16, else AVX512_BF16, else fp32; everything else (fp32; fp16 and fp8 files, which CPU runtimes
+    compute in fp32) against the fp32 FMA peak."""
     if precision == "int8":
-        key = "int8"
-    elif runtime.endswith("bf16") and report.value("bf16"):
-        key = "bf16"
-    p = report.peaks.get(key)
-    if p is None or p.value is None:
-        return None, key
-    return p.value, f"{key} {p.isa}"
+        order = ("amx-int8", "int8")
+    elif runtime.endswith("bf16"):
+        order = ("amx-bf16", "bf16", "fp32")
+    else:
+        order = ("fp32",)
+    for key in order:
+        p = report.peaks.get(key)
+        if p is not None and p.value:
+            return p.value, f"{key} {p.isa}" if not key.startswith("amx") else p.isa
+    return None, order[-1]
