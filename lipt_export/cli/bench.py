@@ -32,12 +32,13 @@ def peak_table(peaks) -> str:
     rows = []
     for p in peaks["peaks"].values():
         if p["not_measured"]:
-            rows.append([p["precision"], p["isa"] or "-", "-", "-", f"not measured: {p['not_measured']}"])
+            rows.append([p["precision"], p["isa"] or "-", "-", "-", "-", f"not measured: {p['not_measured']}"])
         else:
             rows.append([p["precision"], p["isa"], f"{p['single_thread']:.0f}", f"{p['all_threads']:.0f}",
-                         f"{p['unit']} ({p['instruction']})"])
-    return format_table(("peak", "ISA", "1 thread", f"{next(iter(peaks['peaks'].values()))['threads']} threads",
-                         "unit (kernel)"), rows)
+                         f"{p['all_threads_wall']:.0f}", f"{p['unit']} ({p['instruction']})"])
+    n = next(iter(peaks["peaks"].values()))["threads"]
+    return format_table(("peak", "ISA", "1 thread", f"{n} threads", f"{n} threads, wall clock", "unit (kernel)"),
+                        rows)
 
 
 def write_plot(result, path: Path) -> None:

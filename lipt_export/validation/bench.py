@@ -96,6 +96,8 @@ def interleaved_timing(runners: Sequence[Any], x, runs: int, warmup: int = 2, pa
     spinning threads park. At least ``runs`` rounds, at most ``max_rounds`` (default 3 x runs) and no new round
     after ``max_seconds``. ``progress(1)`` after every round (warm-up rounds included)."""
     max_rounds = max(runs, max_rounds if max_rounds is not None else 3 * runs)
+    if not runners:
+        return TimingReport({}, 0, 0)
     for _ in range(warmup):
         for r in runners:
             r.infer(x)

@@ -74,6 +74,9 @@ class Peak:
     threads: int = 1
     unit: str = "GFLOP/s"
     not_measured: Optional[str] = None
+    # the threads' operations over the wall time: below ``all_threads`` when other work shared the cores (or the
+    # host runs two of these CPUs on one physical core)
+    all_threads_wall: Optional[float] = None
 
     @property
     def value(self) -> Optional[float]:
@@ -84,7 +87,7 @@ class Peak:
         if self.not_measured:
             return f"{self.precision}: not measured ({self.not_measured})"
         return (f"{self.precision} {self.isa} {self.all_threads:.0f} {self.unit} on {self.threads} threads "
-                f"({self.single_thread:.0f} on one; {self.instruction})")
+                f"({self.single_thread:.0f} on one, {self.all_threads_wall:.0f} by the wall clock; {self.instruction})")
 
 
 @dataclass(frozen=True)
@@ -191,31 +194,34 @@ def _function(lib: ctypes.CDLL, symbol: str):
     return fn
 
 
-def _rate(fn, iters: int, threads: int) -> float:
-    """G operations per second of ``threads`` simultaneous calls of ``iters`` iterations: each thread's operations
-    over its own CPU time (``time.thread_time``), summed, so time slices given to other processes on a shared
-    machine do not count against the peak (an SMT sibling or a slower all-core clock still do)."""
+def _rate(fn, iters: int, threads: int) -> Tuple[float, float]:
+    """G operations per second of ``threads`` simultaneous calls of ``iters`` iterations: (each thread's operations
+    over its own CPU time (``time.thread_time``), summed: time slices given to other processes on a shared machine
+    do not count against it (an SMT sibling or a slower all-core clock still do); all operations over the wall
+    time: what the threads achieved together, lowered by any other work)."""
     start = threading.Barrier(threads + 1)
-    rates = [0.0] * threads
+    rates, ops = [0.0] * threads, [0.0] * threads
 
     def work(i: int) -> None:
         sink = ctypes.c_float()
         start.wait()
         t0 = time.thread_time()
-        ops = fn(iters, ctypes.byref(sink))
-        rates[i] = ops / max(time.thread_time() - t0, 1e-9)
+        ops[i] = fn(iters, ctypes.byref(sink))
+        rates[i] = ops[i] / max(time.thread_time() - t0, 1e-9)
 
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for t in pool:
         t.start()
     start.wait()
+    t0 = time.perf_counter()
     for t in pool:
         t.join()
-    return sum(rates) / 1e9
+    return sum(rates) / 1e9, sum(ops) / (time.perf_counter() - t0) / 1e9
 
 
-def _measure(fn, threads: int, seconds: float, repeats: int) -> Tuple[float, float]:
-    """(one thread, ``threads`` threads), each the best of ``repeats`` calls of about ``seconds``."""
+def _measure(fn, threads: int, seconds: float, repeats: int) -> Tuple[float, float, float]:
+    """(one thread, ``threads`` threads, ``threads`` threads by the wall clock), each the best of ``repeats`` calls
+    of about ``seconds``."""
     iters, dt = 256, 0.0
     while dt < 0.01:  # calibrate: a call long enough to time
         t0 = time.perf_counter()
@@ -225,9 +231,9 @@ def _measure(fn, threads: int, seconds: float, repeats: int) -> Tuple[float, flo
         if dt < 0.01:
             iters *= 4
     iters = max(1, int(iters * seconds / dt))
-    single = max(_rate(fn, iters, 1) for _ in range(repeats))
-    multi = single if threads == 1 else max(_rate(fn, iters, threads) for _ in range(repeats))
-    return single, multi
+    single = max(_rate(fn, iters, 1)[0] for _ in range(repeats))
+    multi = [_rate(fn, iters, threads) for _ in range(repeats)]
+    return single, max(m[0] for m in multi), max(m[1] for m in multi)
 
 
 def default_peak_threads() -> int:
@@ -283,8 +289,8 @@ def measure_peaks(threads: Optional[int] = None, isa_cap: str = "native", second
             peaks[precision] = Peak(precision, k.isa, k.instruction, unit=unit, threads=threads,
                                     not_measured=f"the compiler has no {k.isa} intrinsics")
             continue
-        single, multi = _measure(fn, threads, seconds, repeats)
-        peaks[precision] = Peak(precision, k.isa, k.instruction, single, multi, threads, unit)
+        single, multi, wall = _measure(fn, threads, seconds, repeats)
+        peaks[precision] = Peak(precision, k.isa, k.instruction, single, multi, threads, unit, all_threads_wall=wall)
     return PeakReport(model, isa_cap, method, peaks)
 
 
