@@ -28,9 +28,10 @@ def expand_artifacts(target: str) -> List[Path]:
     return [p]
 
 
-def interleaved_ms(runners, x, runs: int, warmup: int = 2) -> Tuple[Dict[str, float], Dict[str, float]]:
+def interleaved_ms(runners, x, runs: int, warmup: int = 2, say: Optional[Callable[[str], None]] = None
+                   ) -> Tuple[Dict[str, float], Dict[str, float]]:
     """(median ms, min ms) per runner name, from :func:`interleaved_stats`."""
-    stats = interleaved_stats(runners, x, runs, warmup)
+    stats = interleaved_stats(runners, x, runs, warmup, say=say)
     return ({k: v["median_ms"] for k, v in stats.items()}, {k: v["min_ms"] for k, v in stats.items()})
 
 
@@ -149,7 +150,12 @@ def interleaved_timing(runners: Sequence[Any], x, runs: int, warmup: int = 2, pa
 
 
 def interleaved_stats(runners, x, runs: int, warmup: int = 2, pause_s: float = PAUSE_S,
-                      progress: Optional[Callable[[int], None]] = None) -> Dict[str, Dict[str, float]]:
+                      progress: Optional[Callable[[int], None]] = None, say: Optional[Callable[[str], None]] = None
+                      ) -> Dict[str, Dict[str, float]]:
     """{name: {median_ms, min_ms, max_ms, q1_ms, q3_ms, iqr_ms, p90_ms, rounds}}: :func:`interleaved_timing`'s
-    statistics (use that for the conditions they were measured under)."""
-    return interleaved_timing(runners, x, runs, warmup, pause_s, progress).stats
+    statistics; ``say`` (e.g. ``print``) is given its one-line summary of the conditions (load, steal, rounds
+    dropped, spread)."""
+    report = interleaved_timing(runners, x, runs, warmup, pause_s, progress)
+    if say is not None:
+        say(f"timing: {report.summary()}")
+    return report.stats
