@@ -37,6 +37,19 @@ PLANS = {"lipt": ("small", [128, 192, 256, 384, 512, 0]),
          "agileir": ("normal", [128, 192, 256, 512])}
 
 
+def run_timed(args):
+    """(wall seconds, CPU seconds (user + system, all threads), peak RSS MiB) of one command in its own process."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"command failed: {' '.join(map(str, args))}\n{out[-2000:]}")
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+
+
 def steal_jiffies() -> int:
     with open("/proc/stat") as f:
         return int(f.readline().split()[8])
@@ -89,34 +102,36 @@ def main() -> None:
                 for t in order:
                     dst = tmp / "out.png"
                     load0, steal0, wall0 = os.getloadavg()[0], steal_jiffies(), time.monotonic()
-                    seconds, rss = run_child([*CLI, "upscale", str(export), str(src), str(dst), "--tile", str(t),
+                    seconds, cpu, rss = run_timed([*CLI, "upscale", str(export), str(src), str(dst), "--tile", str(t),
                                               "--runtime", "onnxruntime", "--threads", str(args.threads), "-q"])
                     steal_pct = 100 * (steal_jiffies() - steal0) / os.sysconf("SC_CLK_TCK") / (
                         (time.monotonic() - wall0) * os.cpu_count())
                     rec = {"family": fam, "variant": variant, "scale": args.scale, "input": [w, h], "tile": t,
-                           "round": rnd,
+                           "round": rnd, "cpu_seconds": round(cpu, 2),
                            "seconds": round(seconds, 2), "peak_rss_mib": round(rss, 1), "load_before": load0,
                            "load_after": os.getloadavg()[0], "steal_pct": round(steal_pct, 2)}
                     runs[t].append(rec)
                     results.append(rec)
                     dst.unlink(missing_ok=True)
-                    print(f"  {fam} tile {t or 'whole'} round {rnd}: {seconds:.1f} s, {rss:.0f} MiB, load "
+                    print(f"  {fam} tile {t or 'whole'} round {rnd}: {seconds:.1f} s ({cpu:.1f} s CPU), {rss:.0f} MiB, load "
                           f"{load0:.2f} -> {rec['load_after']:.2f}, steal {steal_pct:.1f} %", flush=True)
                     out.write_text(json.dumps({"results": results}, indent=2) + "\n")
             base = statistics.median(r["seconds"] for r in runs[tiles[0]])
             for t in tiles:
                 secs = [r["seconds"] for r in runs[t]]
+                cpus = [r["cpu_seconds"] for r in runs[t]]
                 rss = [r["peak_rss_mib"] for r in runs[t]]
                 summary.append({"family": fam, "variant": variant, "input": [w, h], "tile": t, "rounds": len(secs),
                                 "median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs),
-                                "median_rss_mib": statistics.median(rss), "max_rss_mib": max(rss),
+                                "median_cpu_s": statistics.median(cpus), "median_rss_mib": statistics.median(rss), "max_rss_mib": max(rss),
                                 "time_vs_first": statistics.median(secs) / base})
     rows = [[s["family"] + "-" + s["variant"], "x".join(map(str, s["input"])), s["tile"] or "whole", s["rounds"], f"{s['median_rss_mib']:.0f}",
              f"{s['max_rss_mib']:.0f}", f"{s['median_s']:.1f}", f"{s['min_s']:.1f}-{s['max_s']:.1f}",
+             f"{s['median_cpu_s']:.1f}",
              f"{s['time_vs_first']:.2f}"] for s in summary]
     print()
     print(format_table(("model", "input", "tile", "rounds", "peak RSS MiB (median)", "max", "seconds (median)", "min-max",
-                        "time / first tile"), rows))
+                        "CPU s (median)", "time / first tile"), rows))
     loads = [r["load_before"] for r in results] + [r["load_after"] for r in results]
     print(f"\nx{args.scale}, {args.threads} threads, load average {min(loads):.2f}-{max(loads):.2f}, "
           f"steal max {max(r['steal_pct'] for r in results):.1f} %")
