@@ -59,7 +59,7 @@ FAMILIES: Dict[str, Family] = {
                    quadratic_tensor=_esrt_scores),
     # min 9: pad <= window - 1 and, below one window, pad = window - size < size iff size > window / 2
     "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small", min_size=9),
-    "smsr": Family(("base",), (2, 3, 4), "base", min_size=1),
+    "smsr": Family(("base",), (2, 3, 4), "base", min_size=1, default_tile=256),
 }
 
 
