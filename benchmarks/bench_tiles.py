@@ -113,8 +113,8 @@ def main() -> None:
                     runs[t].append(rec)
                     results.append(rec)
                     dst.unlink(missing_ok=True)
-                    print(f"  {fam} tile {t or 'whole'} round {rnd}: {seconds:.1f} s ({cpu:.1f} s CPU), {rss:.0f} MiB, load "
-                          f"{load0:.2f} -> {rec['load_after']:.2f}, steal {steal_pct:.1f} %", flush=True)
+                    print(f"  {fam} tile {t or 'whole'} round {rnd}: {seconds:.1f} s ({cpu:.1f} s CPU), {rss:.0f} "
+                          f"MiB, load {load0:.2f} -> {rec['load_after']:.2f}, steal {steal_pct:.1f} %", flush=True)
                     out.write_text(json.dumps({"results": results}, indent=2) + "\n")
             base = statistics.median(r["seconds"] for r in runs[tiles[0]])
             for t in tiles:
@@ -123,15 +123,16 @@ def main() -> None:
                 rss = [r["peak_rss_mib"] for r in runs[t]]
                 summary.append({"family": fam, "variant": variant, "input": [w, h], "tile": t, "rounds": len(secs),
                                 "median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs),
-                                "median_cpu_s": statistics.median(cpus), "median_rss_mib": statistics.median(rss), "max_rss_mib": max(rss),
+                                "median_cpu_s": statistics.median(cpus), "median_rss_mib": statistics.median(rss),
+                                "max_rss_mib": max(rss),
                                 "time_vs_first": statistics.median(secs) / base})
-    rows = [[s["family"] + "-" + s["variant"], "x".join(map(str, s["input"])), s["tile"] or "whole", s["rounds"], f"{s['median_rss_mib']:.0f}",
-             f"{s['max_rss_mib']:.0f}", f"{s['median_s']:.1f}", f"{s['min_s']:.1f}-{s['max_s']:.1f}",
-             f"{s['median_cpu_s']:.1f}",
-             f"{s['time_vs_first']:.2f}"] for s in summary]
+    rows = [[s["family"] + "-" + s["variant"], "x".join(map(str, s["input"])), s["tile"] or "whole", s["rounds"],
+             f"{s['median_rss_mib']:.0f}", f"{s['max_rss_mib']:.0f}", f"{s['median_s']:.1f}",
+             f"{s['min_s']:.1f}-{s['max_s']:.1f}", f"{s['median_cpu_s']:.1f}", f"{s['time_vs_first']:.2f}"]
+            for s in summary]
     print()
-    print(format_table(("model", "input", "tile", "rounds", "peak RSS MiB (median)", "max", "seconds (median)", "min-max",
-                        "CPU s (median)", "time / first tile"), rows))
+    print(format_table(("model", "input", "tile", "rounds", "peak RSS MiB (median)", "max", "seconds (median)",
+                        "min-max", "CPU s (median)", "time / first tile"), rows))
     loads = [r["load_before"] for r in results] + [r["load_after"] for r in results]
     print(f"\nx{args.scale}, {args.threads} threads, load average {min(loads):.2f}-{max(loads):.2f}, "
           f"steal max {max(r['steal_pct'] for r in results):.1f} %")

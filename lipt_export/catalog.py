@@ -53,12 +53,13 @@ class Family(NamedTuple):
 
 
 FAMILIES: Dict[str, Family] = {
-    "agileir": Family(("v2", "medium", "normal", "light"), (2, 3, 4), "normal", min_size=9,
+    # default tiles: docs/benchmarks.md "Default tile per family" (1920x1080 x2: least memory at no cost in speed)
+    "agileir": Family(("v2", "medium", "normal", "light"), (2, 3, 4), "normal", min_size=9, default_tile=512,
                       static_engine_profile=True),  # TensorRT-RTX, normal x4, cc 8.9: LR 32..128 341 s, static 40 s
-    "esrt": Family(("base",), (2, 3, 4), "base", min_size=2, recommended_tile=64, tile_required=True,
+    "esrt": Family(("base",), (2, 3, 4), "base", min_size=2, recommended_tile=64, tile_required=True, default_tile=64,
                    quadratic_tensor=_esrt_scores),
     # min 9: pad <= window - 1 and, below one window, pad = window - size < size iff size > window / 2
-    "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small", min_size=9),
+    "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small", min_size=9, default_tile=512),
     "smsr": Family(("base",), (2, 3, 4), "base", min_size=1, default_tile=256),
 }
 

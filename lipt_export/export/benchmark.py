@@ -12,9 +12,9 @@ GFLOP/s (GOP/s for INT8) and its share of this CPU's measured peak for that arit
 has, on the bench's threads) of the instructions the runtime's kernels use: fp32, fp16 and fp8 files against the
 fp32 FMA peak (CPU runtimes compute them in fp32), INT8 against AMX-INT8 where the CPU has it, else the int8
 dot-product peak (VNNI, else vpmaddubsw), OpenVINO's bf16 execution against AMX-BF16, else AVX512_BF16
-(:func:`lipt_export.validation.peak.peak_for_row`); every peak is in the JSON and printed below the table. Without a C compiler the peaks are *not measured* and the
-column is empty, saying why. The timing drops rounds on a busy machine and reports load, steal and spread
-(:func:`lipt_export.validation.bench.interleaved_timing`).
+(:func:`lipt_export.validation.peak.peak_for_row`); every peak is in the JSON and printed below the table.
+Without a C compiler the peaks are *not measured* and the column is empty, saying why. The timing drops rounds
+on a busy machine and reports load, steal and spread (:func:`lipt_export.validation.bench.interleaved_timing`).
 
 GMAC are counted with torch's FlopCounterMode on the graph each row executes (the training graph for the eager
 train and naive rows, the deploy graph for the rest: the ONNX artifacts are exported from it op for op), at the

@@ -252,7 +252,8 @@ def measure_peaks(threads: Optional[int] = None, isa_cap: str = "native", second
     threads = min(threads or default_peak_threads(), default_peak_threads())
     model, flags = cpu_flags()
     method = (f"register-only kernels (peak_kernels.c), best of {repeats} calls of ~{seconds:g} s, one thread and "
-              f"{threads} threads at once, each timed by its own CPU time; ISA from /proc/cpuinfo" + ("" if isa_cap == "native" else f", capped at {isa_cap}"))
+              f"{threads} threads at once, each timed by its own CPU time; ISA from /proc/cpuinfo"
+              + ("" if isa_cap == "native" else f", capped at {isa_cap}"))
     if not flags:
         return PeakReport(model, isa_cap, method, not_measured="no CPU flags (/proc/cpuinfo) to choose kernels from")
     native_flags, flags = flags, capped_flags(flags, isa_cap)
