@@ -4,6 +4,7 @@ provisional (manifest round trip) and said by `upscale`."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -165,7 +166,9 @@ def test_a_choice_timed_under_load_is_provisional_and_upscale_says_so(tiny_expor
         for p in procs:
             p.kill()
             p.wait()
-    assert choice.provisional and choice.provisional.startswith("timed on a busy machine twice")
+    assert choice.provisional and choice.provisional.startswith("timed on a busy machine twice (first: ")
+    quiet = re.search(r"first: (\d+) of \d+ rounds quiet, then (\d+) of", choice.provisional)
+    assert quiet and int(quiet.group(1)) < 2 and int(quiet.group(2)) < 2  # fewer quiet rounds than runs, twice
     # written into a copy of the export, read back typed, and said by upscale in one warning line
     d = tmp_path / "busy"
     shutil.copytree(tiny_export, d)

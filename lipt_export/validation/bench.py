@@ -57,6 +57,11 @@ class TimingReport:
     noisy: Optional[str] = None  # why the result is not to be trusted, or None
     limits: NoiseLimits = field(default_factory=NoiseLimits)
 
+    @property
+    def quiet(self) -> int:
+        """Rounds no other work disturbed (``kept`` counts every round when too few were quiet)."""
+        return self.rounds - len(self.dropped)
+
     def summary(self) -> str:
         """One line: load and steal around the timing, rounds kept/dropped, spread."""
         load = ("load average not measured" if self.load_before is None else
@@ -68,7 +73,7 @@ class TimingReport:
         if self.dropped:
             drop = f", {len(self.dropped)} dropped ({self.dropped[0].split(': ', 1)[1]}" + (
                 ", ..." if len(self.dropped) > 1 else "") + ")"
-        kept = (f"{self.rounds - len(self.dropped)} of {self.rounds} rounds quiet, all counted" if self.noisy else
+        kept = (f"{self.quiet} of {self.rounds} rounds quiet, all counted" if self.noisy else
                 f"{self.kept} of {self.rounds} rounds kept")
         text = f"{load}{steal}; {kept}{drop}; IQR <= {spread:.1f} % of the median"
         return text + (f"; BUSY MACHINE: {self.noisy}" if self.noisy else "")

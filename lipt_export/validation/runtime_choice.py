@@ -105,8 +105,8 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
             first = timing
             timing = interleaved_timing(eligible, probe, runs, warmup=1)
             if timing.noisy:
-                provisional = (f"timed on a busy machine twice (first: {first.kept} of {first.rounds} rounds "
-                               f"quiet, then {timing.kept} of {timing.rounds}; {timing.summary()})")
+                provisional = (f"timed on a busy machine twice (first: {first.quiet} of {first.rounds} rounds "
+                               f"quiet, then {timing.quiet} of {timing.rounds}; {timing.summary()})")
         stats = timing.stats
         for c in candidates:
             if c["runtime"] in stats:
