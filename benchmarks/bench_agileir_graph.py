@@ -99,7 +99,7 @@ def main() -> None:
         for size in (int(s) for s in args.sizes.split(",")):
             x = natural_inputs([(size, size)], seed=1)[0]
             outs = [r.infer(x) for r in runners]
-            stats = interleaved_stats(runners, x, args.runs, warmup=1)
+            stats = interleaved_stats(runners, x, args.runs, warmup=1, say=print)
             base = stats[runners[0].name]["median_ms"]  # eager deploy, SwinIR formulation
             for r, y in zip(runners, outs):
                 ms = stats[r.name]["median_ms"]

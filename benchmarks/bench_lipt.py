@@ -57,7 +57,7 @@ def main() -> None:
         if args.fp16:
             runners.append(OnnxRuntimeRunner(res.out_dir / "model.fp16.onnx", name="ORT fp16",
                                              threads=args.threads))
-        latency, _ = interleaved_ms(runners, x, args.runs)
+        latency, _ = interleaved_ms(runners, x, args.runs, say=print)
         conv_share = None
         if args.profile:
             from profile_ort import profile  # benchmarks/profile_ort.py

@@ -45,7 +45,7 @@ def bench_one(model: str, variant: str, scale: int, size: int, runs: int, thread
         runners = [TorchRunner(UnitRangeIO(train, spec.rgb_range), name="eager train graph"),
                    TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name="eager deploy graph"),
                    OnnxRuntimeRunner(res.out_dir / "model.onnx", name="ORT fp32", threads=threads)]
-        latency, fastest = interleaved_ms(runners, x, runs)
+        latency, fastest = interleaved_ms(runners, x, runs, say=print)
         nodes = res.manifest["artifacts"][0]["nodes"]
     return {"model": model, "variant": variant, "scale": scale, "size": size, "latency_ms": latency,
             "latency_min_ms": fastest,

@@ -56,7 +56,7 @@ def main() -> None:
     ref_runner = next(r for r in runners if meta[r.name]["runtime"] == "onnxruntime"
                       and meta[r.name]["precision"] == "fp32")
     ref = np.clip(ref_runner.infer(x), 0, 1)
-    stats = interleaved_stats(runners, x, args.runs, warmup=2)
+    stats = interleaved_stats(runners, x, args.runs, warmup=2, say=print)
     base = stats[ref_runner.name]["median_ms"]
     rows, results = [], []
     for r in runners:

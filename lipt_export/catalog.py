@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 from lipt_export.errors import ModelError, UsageError
-from lipt_export.tiling import RECOMMENDED_TILE
+from lipt_export.tiling import DEFAULT_TILE, RECOMMENDED_TILE
 
 
 def _esrt_scores(batch: int, h: int, w: int) -> int:
@@ -31,6 +31,10 @@ class Family(NamedTuple):
     # LR tile for tiled serving; tile_required: whole-image inference is impractical (quadratic attention)
     recommended_tile: int = RECOMMENDED_TILE
     tile_required: bool = False
+    # LR tile `upscale`, `eval`, `serve` and the C++ upscaler use when none is asked for (images up to it run
+    # whole): measured per family as the least memory at no cost in speed (docs/benchmarks.md, "Default tile per
+    # family"); written into each export's manifest (io.tiling.default_tile)
+    default_tile: int = DEFAULT_TILE
     # engines default to one static profile at the tile (TensorRT-RTX builds the dynamic graph far slower)
     static_engine_profile: bool = False
     # the largest tensor that grows faster than the image (elements for batch, H, W), or None
@@ -49,13 +53,14 @@ class Family(NamedTuple):
 
 
 FAMILIES: Dict[str, Family] = {
-    "agileir": Family(("v2", "medium", "normal", "light"), (2, 3, 4), "normal", min_size=9,
+    # default tiles: docs/benchmarks.md "Default tile per family" (1920x1080 x2: least memory at no cost in speed)
+    "agileir": Family(("v2", "medium", "normal", "light"), (2, 3, 4), "normal", min_size=9, default_tile=512,
                       static_engine_profile=True),  # TensorRT-RTX, normal x4, cc 8.9: LR 32..128 341 s, static 40 s
-    "esrt": Family(("base",), (2, 3, 4), "base", min_size=2, recommended_tile=64, tile_required=True,
+    "esrt": Family(("base",), (2, 3, 4), "base", min_size=2, recommended_tile=64, tile_required=True, default_tile=64,
                    quadratic_tensor=_esrt_scores),
     # min 9: pad <= window - 1 and, below one window, pad = window - size < size iff size > window / 2
-    "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small", min_size=9),
-    "smsr": Family(("base",), (2, 3, 4), "base", min_size=1),
+    "lipt": Family(("tiny", "small", "base"), (1, 2, 3, 4), "small", min_size=9, default_tile=512),
+    "smsr": Family(("base",), (2, 3, 4), "base", min_size=1, default_tile=256),
 }
 
 

@@ -40,8 +40,12 @@ TileSize = Union[int, Tuple[int, int]]
 WINDOWS_OF_CONTEXT = 8
 BASE_OVERLAP = 16  # LR pixels shared by neighbouring tiles of a model without windows
 RECOMMENDED_TILE = 256  # a family's LR tile for tiled serving unless its catalog row says otherwise
-# LR tile used when the caller asks for nothing (upscale, eval): bounds memory; images up to it run whole.
+# LR tile used when the caller asks for nothing (upscale, eval, serve) and the manifest states none (exports made
+# before issue 26) or a family's catalog row sets none: bounds memory; images up to it run whole. Each family's
+# measured default is its catalog row's ``default_tile`` (docs/benchmarks.md, "Default tile per family").
 DEFAULT_TILE = 512
+# pass as ``default_tile`` to mean the model's own default tile (TilingPolicy.default_tile)
+POLICY_TILE = -1
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,14 @@ class TilingPolicy:
     """How one model is tiled (the manifest's ``io.tiling`` with ``io.size.multiple_of``). ``multiple_of``: the
     window (tile starts align to it); ``overlap``: LR pixels shared by neighbouring tiles; ``required``: whole-image
     inference is impractical (ESRT), so a tile is used unless the caller picks one; ``recommended_tile``: the tile
-    used then."""
+    used then (and the engines' profile); ``default_tile``: the tile used when nothing is asked for and tiling is
+    not required (measured per family: the least memory at no cost in speed; images up to it run whole)."""
 
     multiple_of: int = 1
     recommended_tile: int = RECOMMENDED_TILE
     overlap: int = BASE_OVERLAP
     required: bool = False
+    default_tile: int = DEFAULT_TILE
 
     @staticmethod
     def context_overlap(multiple_of: int, base: int = BASE_OVERLAP) -> int:
@@ -65,16 +71,18 @@ class TilingPolicy:
 
     @classmethod
     def for_model(cls, multiple_of: int, recommended_tile: int, required: bool,
-                  overlap: Optional[int] = None) -> "TilingPolicy":
+                  overlap: Optional[int] = None, default_tile: int = DEFAULT_TILE) -> "TilingPolicy":
         """A model's policy; an ``overlap`` read from an older manifest is raised to the context rule."""
         return cls(multiple_of, recommended_tile, cls.context_overlap(multiple_of, BASE_OVERLAP if overlap is None
-                                                                      else overlap), required)
+                                                                      else overlap), required, default_tile)
 
     def resolve(self, tile: Optional[int], overlap: Optional[int], default_tile: Optional[int] = None
                 ) -> Tuple[Optional[int], int]:
         """(tile or None for whole images, overlap). Explicit values win; ``tile=None`` means the recommended
-        tile when tiling is required, else ``default_tile`` (None: whole images). A required tile cannot be
-        switched off with 0."""
+        tile when tiling is required, else ``default_tile`` (None: whole images; :data:`POLICY_TILE`: this
+        policy's ``default_tile``). A required tile cannot be switched off with 0."""
+        if default_tile == POLICY_TILE:
+            default_tile = self.default_tile
         overlap = self.overlap if overlap is None else int(overlap)
         if overlap < 0:
             raise TilingError(f"overlap must be >= 0, got {overlap}")

@@ -209,7 +209,7 @@ def test_cli_defaults_and_catalog_match_the_library():
     from lipt_export.models.registry import available_models, get_spec
 
     fields = ("variants", "scales", "default_variant", "min_size", "recommended_tile", "tile_required",
-              "static_engine_profile")
+              "default_tile", "static_engine_profile")
     assert {n: tuple(getattr(s, f) for f in fields) for n, s in available_models().items()} == \
         {n: tuple(getattr(f, k) for k in fields) for n, f in catalog.FAMILIES.items()}
     cfg, e = pipeline.ExportConfig(), EngineOptions()

@@ -18,7 +18,7 @@ from lipt_export.errors import ArtifactError
 from lipt_export.runtime.loader import open_artifact
 from lipt_export.runtime.resolve import load_runner as load_runner_unmeasured
 from lipt_export.runtime.resolve import machine_fingerprint, resolve
-from lipt_export.tiling import DEFAULT_TILE
+from lipt_export.tiling import POLICY_TILE
 
 
 def _png(path, h, w, seed=0):
@@ -32,7 +32,7 @@ def test_the_python_api_runs_what_the_cli_runs(tiny_export, tmp_path):
     res = run_cli("upscale", tiny_export, src, tmp_path / "out.npy", "-q")
     assert res.exit_code == 0, res.output
     cli_runtime = res.output.split("runtime: ", 1)[1].split(" ", 1)[0]
-    runner = lipt_export.load_runner(tiny_export, runtime="auto", default_tile=DEFAULT_TILE)  # as upscale runs
+    runner = lipt_export.load_runner(tiny_export, runtime="auto", default_tile=POLICY_TILE)  # as upscale runs
     assert runner.resolved.runtime == cli_runtime and "measured at export on this machine" in runner.resolved.why
     x = np.asarray(Image.open(src), np.float32).transpose(2, 0, 1)[None] / np.float32(255)
     assert np.array_equal(runner.infer(x)[0].transpose(1, 2, 0), np.load(tmp_path / "out.npy"))

@@ -14,6 +14,7 @@ from lipt_export import manifest as mf
 from lipt_export.cli import main
 from lipt_export.engines.triton import model_config_pb2, parse_config, write_triton_model
 from lipt_export.errors import TritonError
+from lipt_export.tiling import POLICY_TILE
 from helpers.serving_toys import add_fp16_io_artifact, make_export
 
 pb2 = model_config_pb2()  # tritonclient is a [dev] dependency, as pytest is: always there when the tests run
@@ -143,7 +144,7 @@ def test_tiled_writes_the_bls_model_with_the_package_tiling_and_checks_before_wr
     assert tiled_cfg.name == "m_tiled" and tiled_cfg.backend == "python" and tiled_cfg.max_batch_size == 0
     params = {k: v.string_value for k, v in tiled_cfg.parameters.items()}
     manifest = mf.read_manifest(export_dir)
-    tile, overlap = manifest.io.tiling.resolve(None, None, manifest.io.tiling.recommended_tile)
+    tile, overlap = manifest.io.tiling.resolve(None, None, POLICY_TILE)  # as local upscale tiles
     assert params == {"target_model": "m", "target_input": manifest.io.input_name,
                       "target_output": manifest.io.output_name, "target_dtype": "float32",
                       "scale": str(manifest.io.scale), "tile": str(tile), "overlap": str(overlap),

@@ -113,6 +113,7 @@ IOContract io_from_json(const json& d, const std::string& where) {
     io.recommended_tile = size_field(tiling, "tiling", "recommended_tile", 256, 1, where);
     io.tile_overlap = size_field(tiling, "tiling", "overlap", 16, 0, where);
     io.tile_required = tiling.contains("required") && truthy(tiling.at("required"));
+    io.default_tile = size_field(tiling, "tiling", "default_tile", 512, 1, where);
     auto name_of = [&](const char* key) {
         const json& block = need(d, key, Kind::Mapping, where);
         if (!block.contains("name")) throw std::out_of_range("KeyError: 'name'");  // "malformed" below, as Python says

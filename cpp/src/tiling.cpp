@@ -45,7 +45,7 @@ int TilingPolicy::context_overlap(int multiple_of, int base) {
 
 TilingPolicy TilingPolicy::from_io(const IOContract& io) {
     return TilingPolicy{io.multiple_of, io.recommended_tile, context_overlap(io.multiple_of, io.tile_overlap),
-                        io.tile_required};
+                        io.tile_required, io.default_tile};
 }
 
 TilingPolicy::Resolved TilingPolicy::resolve(std::optional<int> tile, std::optional<int> overlap_in,

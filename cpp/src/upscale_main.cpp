@@ -144,7 +144,7 @@ void print_check(const liptexport::Export& exp, const liptexport::OpenVinoRunner
               << " (unclamped); min size " << io.min_size << " (smaller inputs padded), multiple_of " << io.multiple_of
               << "\n"
               << "tiling: recommended tile " << policy.recommended_tile << ", overlap " << policy.overlap
-              << (policy.required ? ", required" : ", optional") << ", default tile " << liptexport::DEFAULT_TILE
+              << (policy.required ? ", required" : ", optional") << ", default tile " << policy.default_tile
               << "\n";
 }
 
@@ -158,8 +158,9 @@ int run(const Options& o) {
     const auto exp = liptexport::Export::open(o.positional[0]);
     // the artifact is checked (sha256, embedded description) before the tile, in upscale's order
     auto runner = liptexport::open_onnx_runner(exp, o.precision, o.runtime_precision, o.threads);
-    // bounded memory by default: images up to DEFAULT_TILE run whole (cli/upscale.py)
-    const auto resolved = liptexport::TilingPolicy::from_io(exp.io()).resolve(o.tile, o.overlap, liptexport::DEFAULT_TILE);
+    // bounded memory by default: images up to the model's default tile run whole (cli/upscale.py)
+    const auto policy = liptexport::TilingPolicy::from_io(exp.io());
+    const auto resolved = policy.resolve(o.tile, o.overlap, policy.default_tile);
     if (o.check) {
         print_check(exp, runner, o.precision);
         return 0;

@@ -11,17 +11,34 @@ from lipt_export.errors import UsageError
 from lipt_export.fileio import save_atomic, write_json_atomic
 from lipt_export.report import format_table
 
-HEADER = ("row", "median ms", "p90 ms", "x eager train", "x eager deploy", "PSNR", "GMAC", "GFLOP/s", "% fp32 peak")
+HEADER = ("row", "median ms", "p90 ms", "IQR ms", "x eager train", "x eager deploy", "PSNR", "GMAC", "GFLOP/s",
+          "% of peak", "peak")
+PEAK_ISAS = ("native", "avx512", "avx2")  # lipt_export.validation.peak.ISA_CAPS (torch-free here)
 
 
 def _cells(r, accuracy: str):
     if "median_ms" not in r:
-        return [r["row"], "-", "-", "-", "-", "-", "-", "-", f"not run: {r.get('skipped', '')}"]
+        return [r["row"], "-", "-", "-", "-", "-", "-", "-", "-", "-", f"not run: {r.get('skipped', '')}"]
     acc = r.get("psnr_y") if accuracy == "dataset" else r.get("psnr_vs_golden")
     f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
-    return [r["row"], f(r["median_ms"], ".1f"), f(r["p90_ms"], ".1f"), f(r.get("speedup_vs_train"), ".2f"),
-            f(r.get("speedup_vs_deploy"), ".2f"), f(acc, ".2f"), f(r.get("gmac"), ".2f"), f(r.get("gflops"), ".1f"),
-            f(r.get("pct_peak_fp32"), ".1f")]
+    return [r["row"], f(r["median_ms"], ".1f"), f(r["p90_ms"], ".1f"), f(r.get("iqr_ms"), ".1f"),
+            f(r.get("speedup_vs_train"), ".2f"), f(r.get("speedup_vs_deploy"), ".2f"), f(acc, ".2f"),
+            f(r.get("gmac"), ".2f"), f(r.get("gflops"), ".1f"), f(r.get("pct_peak"), ".1f"),
+            r.get("peak", "-") if r.get("pct_peak") is not None else f"{r.get('peak', 'fp32')} not measured"]
+
+
+def peak_table(peaks) -> str:
+    """The measured peaks: precision, ISA, instruction, one thread, all threads (or why not measured)."""
+    rows = []
+    for p in peaks["peaks"].values():
+        if p["not_measured"]:
+            rows.append([p["precision"], p["isa"] or "-", "-", "-", "-", f"not measured: {p['not_measured']}"])
+        else:
+            rows.append([p["precision"], p["isa"], f"{p['single_thread']:.0f}", f"{p['all_threads']:.0f}",
+                         f"{p['all_threads_wall']:.0f}", f"{p['unit']} ({p['instruction']})"])
+    n = next(iter(peaks["peaks"].values()))["threads"]
+    return format_table(("peak", "ISA", "1 thread", f"{n} threads", f"{n} threads, wall clock", "unit (kernel)"),
+                        rows)
 
 
 def write_plot(result, path: Path) -> None:
@@ -61,10 +78,13 @@ def write_plot(result, path: Path) -> None:
 @click.option("--threads", default=None, type=int, help="Threads for every runtime (default: all cores, at most 8).")
 @click.option("--runs", default=5, show_default=True, type=int, help="Interleaved timed rounds per input.")
 @click.option("--warmup", default=1, show_default=True, type=int)
+@click.option("--peak-isa", default="native", show_default=True, type=click.Choice(PEAK_ISAS),
+              help="Measure the peaks as a CPU with at most this ISA would (avx2: no AVX-512, AMX or AVX-VNNI).")
 @click.option("--no-eager", is_flag=True, help="Skip the eager and naive-ONNX rows (they rebuild the model).")
 @click.option("--plot", "plot_path", default=None, type=click.Path(), help="Write a PSNR vs latency PNG here.")
 @click.option("--json", "json_path", default=None, type=click.Path(), help="Also write the results here.")
-def command(export_dir, dataset, sizes, protocol, runtimes, threads, runs, warmup, no_eager, plot_path, json_path):
+def command(export_dir, dataset, sizes, protocol, runtimes, threads, runs, warmup, peak_isa, no_eager, plot_path,
+            json_path):
     """Time and score every way to run EXPORT_DIR: eager train/deploy graphs, a naive ONNX of the train graph,
     every ONNX artifact on every runtime; GMAC and achieved GFLOP/s against this machine's measured peak."""
     if runs < 1:
@@ -77,12 +97,17 @@ def command(export_dir, dataset, sizes, protocol, runtimes, threads, runs, warmu
 
     result = run_benchmark(export_dir, runtimes=parse_runtimes(runtimes),
                            protocol=protocol, sizes=[parse_size(s) for s in sizes.split(",") if s.strip()],
-                           dataset=dataset, threads=threads, runs=runs, warmup=warmup, eager=not no_eager)
+                           dataset=dataset, threads=threads, runs=runs, warmup=warmup, eager=not no_eager,
+                           peak_isa=peak_isa)
     acc = "PSNR-Y on the dataset" if result["accuracy"] == "dataset" else "output PSNR vs the golden eager outputs"
     click.echo(f"{result['model']}, protocol {protocol}, LR {result['inputs']}, {result['threads']} threads, median "
-               f"of {runs} interleaved rounds; PSNR = {acc}; fp32 peak {result['peak_gflops_fp32']:.0f} GFLOP/s; "
-               f"load average {result['load_avg'][0]:.2f}")
+               f"of at least {runs} interleaved quiet rounds; PSNR = {acc}")
+    for size, t in zip(result["inputs"], result["timing"]):
+        click.echo(f"timing {size[0]}x{size[1]}: {t['summary']}")
     click.echo(format_table(HEADER, [_cells(r, result["accuracy"]) for r in result["rows"]]))
+    peaks = result["peaks"]
+    click.echo(f"peaks of {peaks['cpu'] or 'this CPU'}: {peaks['method']}")
+    click.echo(f"peaks not measured: {peaks['not_measured']}" if peaks["not_measured"] else peak_table(peaks))
     if json_path:
         write_json_atomic(json_path, result)
         click.echo(f"results: {json_path}")

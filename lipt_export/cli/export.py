@@ -192,6 +192,8 @@ def print_summary(result) -> None:
         if choice:
             click.echo(f"cpu runtime: {choice.runtime} for {e.path} (`--runtime auto`: fastest within its "
                        f"accuracy budget here: {choice.summary()})")
+            if choice.provisional:
+                click.echo(f"  PROVISIONAL: {choice.provisional}")
     left_out = {rt: why for rec in man.runtime_choice.values() for rt, why in rec.left_out}
     for rt, why in left_out.items():
         click.echo(f"  not a candidate: {rt} ({why})")

@@ -21,7 +21,6 @@ from lipt_export.runtime.loader import open_artifact
 from lipt_export.runtime.resolve import resolve
 from lipt_export.runtime.upscale import is_video_output, plan_outputs, remove_stale_temps, upscale_images
 from lipt_export.runtime.video import FrameCount, VideoOptions, plan_video, probe_video, upscale_video
-from lipt_export.tiling import DEFAULT_TILE
 from lipt_export.validation.runtime_choice import measure_artifact
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -52,8 +51,8 @@ def _terminate_as_interrupt():
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(SERVING_BACKENDS),
               help="auto = the TensorRT engine when the export has one and TensorRT works, else ONNX Runtime.")
 @click.option("--tile", default=None, type=int, help="LR tile size in pixels; 0 = whole image (default: the "
-              f"manifest's recommended tile when the model requires tiling, else {DEFAULT_TILE}; smaller images run "
-              "whole). Memory is bounded by the tile: tiles are summed in a temp file beside the output (PNG/.npy outputs "
+              "manifest's recommended tile when the model requires tiling, else its default tile, measured per family "
+              "as the least memory at no cost in speed (docs/benchmarks.md); smaller images run whole). Memory is bounded by the tile: tiles are summed in a temp file beside the output (PNG/.npy outputs "
               "are streamed from it).")
 @click.option("--overlap", default=None, type=int, help="LR pixels shared by neighbouring tiles (default: the "
               "manifest's, at least 8 windows for windowed models, e.g. 64 for LIPT).")

@@ -24,6 +24,7 @@ import lipt_export.errors
 import lipt_export.runtime.base
 import lipt_export.runtime.tiling
 import lipt_export.tiling
+from lipt_export.tiling import POLICY_TILE
 from lipt_export.catalog import runtime_cannot_run
 from lipt_export.errors import ArtifactError, TritonError
 from lipt_export.fileio import staged_dir
@@ -260,17 +261,20 @@ def vendored_tiling_files() -> Dict[str, Path]:
 def _tiled_spec(target_name: str, target_io: Dict[str, Dict[str, str]], manifest: Manifest, tile: Optional[int],
                 overlap: Optional[int], profile: Optional[ProfileSpec] = None) -> Dict[str, Any]:
     """Config and files of ``<target>_tiled``, the BLS model that serves any image size through the target.
-    Tile and overlap come from the export's tiling policy (its recommended tile unless ``tile`` is given).
+    Tile and overlap come from the export's tiling policy (unless ``tile`` is given: the recommended tile when
+    tiling is required, else the model's default tile, as local ``upscale`` tiles, kept inside a plan's profile).
     Tiles below the smallest input the target takes (the graph's minimum; for a plan also its ``profile``'s,
     e.g. AgileIR's static one) are padded up to it; a plan's tile must fit the profile's maximum."""
     policy = manifest.io.tiling
-    size, ov = policy.resolve(tile, overlap, default_tile=policy.recommended_tile)
+    size, ov = policy.resolve(tile, overlap, default_tile=POLICY_TILE)
     if size is None:
         raise TritonError("the tiled model needs a tile: use --tile N with N > 0")
     min_hw = (manifest.io.min_size, manifest.io.min_size)
     if profile is not None:
         min_hw = (max(min_hw[0], profile.min_hw[0]), max(min_hw[1], profile.min_hw[1]))
         pmax = profile.max_hw
+        if tile is None:  # the default tile, kept inside the engine's profile
+            size = min(size, *pmax)
         if size > min(pmax):
             raise TritonError(f"--tile {size} exceeds the engine's profile (LR up to {pmax[0]}x{pmax[1]}); use "
                               f"--tile {min(pmax)} or less, or rebuild the engine with a larger --shapes")

@@ -7,9 +7,14 @@ this machine cannot run them. All runners take turns within every round (interle
 
 Columns: median and p90 latency, speed-up vs the eager train and deploy graphs, accuracy (PSNR-Y/SSIM-Y on
 ``--dataset`` HR images, else output PSNR against the export's golden eager outputs), GMAC per forward, achieved
-GFLOP/s and its share of this machine's measured fp32 peak (:func:`peak_gflops`). INT8 and bf16 rows are shown
-against the same fp32 peak (GOP/s): a CPU without int8/bf16 matrix units has no faster peak to compare with,
-and torch's emulated int8/bf16 matmuls here (1.8 / 0.9 GOP/s) are no peak at all.
+GFLOP/s (GOP/s for INT8) and its share of this CPU's measured peak for that arithmetic
+(:func:`lipt_export.validation.peak.measure_peaks`: register-only FMA / dot-product kernels for the ISA the CPU
+has, on the bench's threads) of the instructions the runtime's kernels use: fp32, fp16 and fp8 files against the
+fp32 FMA peak (CPU runtimes compute them in fp32), INT8 against AMX-INT8 where the CPU has it, else the int8
+dot-product peak (VNNI, else vpmaddubsw), OpenVINO's bf16 execution against AMX-BF16, else AVX512_BF16
+(:func:`lipt_export.validation.peak.peak_for_row`); every peak is in the JSON and printed below the table.
+Without a C compiler the peaks are *not measured* and the column is empty, saying why. The timing drops rounds
+on a busy machine and reports load, steal and spread (:func:`lipt_export.validation.bench.interleaved_timing`).
 
 GMAC are counted with torch's FlopCounterMode on the graph each row executes (the training graph for the eager
 train and naive rows, the deploy graph for the rest: the ONNX artifacts are exported from it op for op), at the
@@ -24,7 +29,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -44,32 +48,17 @@ from lipt_export.runtime.loader import checked_artifact, onnx_runner, padded_to_
 from lipt_export.runtime.memory import whole_image_problem
 from lipt_export.runtime.openvino import check_runtime, installed_cpu_runtimes
 from lipt_export.runtime.trt import engine_runtime_status
-from lipt_export.validation.bench import interleaved_stats
+from lipt_export.validation.bench import interleaved_timing
 from lipt_export.validation.datasets import open_dataset
 from lipt_export.validation.evaluate import EvalTarget, evaluate
 from lipt_export.validation.inputs import natural_inputs
 from lipt_export.validation.metrics import psnr
+from lipt_export.validation.peak import measure_peaks, peak_for_row
 from lipt_export.validation.verify import load_golden
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("fixed", "paper", "ntire")
 PAPER_OUTPUT_HW = (720, 1280)
-
-
-def peak_gflops(seconds: float = 0.5, threads: Optional[int] = None) -> float:
-    """This machine's fp32 matrix-multiply throughput (GFLOP/s): 1024^3 torch matmuls for ``seconds``."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads or default_threads())
-    try:
-        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-        torch.mm(a, b)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            torch.mm(a, b)
-            n += 1
-        return 2 * 1024 ** 3 * n / (time.perf_counter() - t0) / 1e9
-    finally:
-        torch.set_num_threads(prev)
 
 
 def count_gmac(module: torch.nn.Module, hw: Tuple[int, int]) -> float:
@@ -106,8 +95,10 @@ def _inputs(protocol: str, sizes: Sequence[Tuple[int, int]], scale: int, dataset
 
 def run_benchmark(export_dir: str | Path, *, runtimes: Optional[Sequence[str]] = None, protocol: str = "fixed",
                   sizes: Sequence[Tuple[int, int]] = (), dataset: Optional[str] = None, threads: Optional[int] = None,
-                  runs: int = 5, warmup: int = 1, eager: bool = True, progress: bool = True) -> Dict[str, Any]:
-    """The bench command as a function: {"rows": [...], "protocol", "inputs", "peak_gflops_fp32", "load_avg"}."""
+                  runs: int = 5, warmup: int = 1, eager: bool = True, progress: bool = True,
+                  peak_isa: str = "native") -> Dict[str, Any]:
+    """The bench command as a function: {"rows": [...], "protocol", "inputs", "peaks", "timing", ...}; ``peak_isa``
+    caps the ISA the peaks are measured with (``avx2``: as a CPU without AVX-512/AMX/AVX-VNNI)."""
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, not '{protocol}'")
     runtimes = list(runtimes) if runtimes else installed_cpu_runtimes()
@@ -159,8 +150,9 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Optional[Sequence[str]] =
                               "graph": "deploy"}
         log.info(f"timing {len(runners)} runners on {len(inputs)} input(s), {runs} interleaved rounds")
         with tqdm(total=len(inputs) * (runs + warmup), desc="bench rounds", unit="round", file=sys.stderr,
-                  disable=not progress) as bar:  # per round, with an ETA
-            per_input = [interleaved_stats(runners, x, runs, warmup, progress=bar.update) for x in inputs]
+                  disable=not progress) as bar:  # per round (more when busy rounds are dropped)
+            timings = [interleaved_timing(runners, x, runs, warmup, progress=bar.update) for x in inputs]
+        per_input = [t.stats for t in timings]
     finally:
         for p in work.iterdir():
             p.unlink()
@@ -168,8 +160,9 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Optional[Sequence[str]] =
     for r in runners:
         rows[r.name]["median_ms"] = float(np.mean([s[r.name]["median_ms"] for s in per_input]))
         rows[r.name]["p90_ms"] = float(np.mean([s[r.name]["p90_ms"] for s in per_input]))
+        rows[r.name]["iqr_ms"] = float(np.mean([s[r.name]["iqr_ms"] for s in per_input]))
     _accuracy(rows, runners, man, dataset, scale)
-    peak = peak_gflops(threads=threads)
+    peaks = measure_peaks(threads=threads, isa_cap=peak_isa)
     gmac = {g: float(np.mean([count_gmac(m, tuple(x.shape[2:])) for x in inputs])) for g, m in graphs.items()}
     if not gmac and man.model.name in available_models():  # no eager rows: the deploy graph is what ONNX computes
         spec = get_spec(man.model.name)
@@ -181,13 +174,15 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Optional[Sequence[str]] =
         if "median_ms" not in row:
             continue
         row["gmac"] = gmac.get(row["graph"])
+        peak, row["peak"] = peak_for_row(peaks, row["precision"], row["runtime"])
         if row["gmac"]:
             row["gflops"] = 2 * row["gmac"] / (row["median_ms"] / 1e3)
-            row["pct_peak_fp32"] = 100 * row["gflops"] / peak
+            row["pct_peak"] = 100 * row["gflops"] / peak if peak else None
         for k, v in base.items():
             row["speedup_vs_" + k.split()[1]] = v / row["median_ms"]
     return {"export": str(export_dir), "model": man.model.label, "protocol": protocol, "threads": threads,
-            "inputs": [list(x.shape[2:]) for x in inputs], "runs": runs, "peak_gflops_fp32": peak,
+            "inputs": [list(x.shape[2:]) for x in inputs], "runs": runs, "peak_gflops_fp32": peaks.value("fp32"),
+            "peaks": peaks.to_dict(), "timing": [dict(t.to_dict(), summary=t.summary()) for t in timings],
             "load_avg": list(os.getloadavg()), "accuracy": "dataset" if dataset else "golden",
             "rows": list(rows.values())}
 

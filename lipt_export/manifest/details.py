@@ -370,20 +370,30 @@ class RuntimeChoice:
     probe_hw: Optional[Tuple[int, int]] = None
     measured: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)  # later fields, kept as written
+    # why the timing cannot be trusted (the machine was busy while it ran), or None; absent in older manifests
+    provisional: Optional[str] = None
 
     def summary(self) -> str:
         return ", ".join(c.describe() for c in self.candidates)
+
+    def provisional_warning(self, precision: str) -> Optional[str]:
+        """One line for ``upscale`` when this choice was timed on a busy machine."""
+        if not self.provisional:
+            return None
+        return (f"the CPU runtime chosen for the {precision} file ({self.runtime}) is provisional: "
+                f"{self.provisional.split(' (', 1)[0]} at export; pass --runtime to pick one, or re-export on a "
+                f"quiet machine")
 
     def to_dict(self) -> Dict[str, Any]:
         return {"runtime": self.runtime, "machine": self.machine, "budget": self.budget,
                 "candidates": [c.to_dict() for c in self.candidates],
                 "left_out": [{"runtime": r, "why": w} for r, w in self.left_out],
                 "probe_hw": list(self.probe_hw) if self.probe_hw else None, "measured": self.measured,
-                **dict(self.extra)}
+                **({"provisional": self.provisional} if self.provisional else {}), **dict(self.extra)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> "RuntimeChoice":
-        known = ("runtime", "machine", "budget", "candidates", "left_out", "probe_hw", "measured")
+        known = ("runtime", "machine", "budget", "candidates", "left_out", "probe_hw", "measured", "provisional")
         try:
             cands = tuple(RuntimeCandidate(str(c["runtime"]), float(c["rel_l2"]), bool(c["within_budget"]),
                                            c.get("delta_psnr_y_db"), c.get("against"), c.get("budget_db"),
@@ -391,7 +401,8 @@ class RuntimeChoice:
             return cls(str(d["runtime"]), str(d.get("machine", "")), str(d.get("budget", "")), cands,
                        tuple((str(x["runtime"]), str(x["why"])) for x in d.get("left_out") or []),
                        tuple(d["probe_hw"]) if d.get("probe_hw") else None, str(d.get("measured", "")),
-                       {k: v for k, v in d.items() if k not in known})
+                       {k: v for k, v in d.items() if k not in known},
+                       str(d["provisional"]) if d.get("provisional") else None)
         except (KeyError, TypeError, ValueError):
             raise ManifestError(f"{where}: 'runtime_choice' is malformed (edited); re-export") from None
 

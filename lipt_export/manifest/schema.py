@@ -19,7 +19,7 @@ from lipt_export.manifest.details import (Bf16Details, EngineDetails, Fp16Detail
                                           LintSummary, Parity, PrecisionAuto, QdqDetails,
                                           RuntimeChoice, io_dtype_of, parse_runtime_choices, pending_parity,
                                           plain_choices)
-from lipt_export.tiling import BASE_OVERLAP, RECOMMENDED_TILE, TilingPolicy
+from lipt_export.tiling import BASE_OVERLAP, DEFAULT_TILE, RECOMMENDED_TILE, TilingPolicy
 
 SCHEMA = "lipt-export/manifest"
 SCHEMA_VERSION = 1
@@ -77,7 +77,8 @@ class IOContract:
             "scale": s,
             # The graph pads to `multiple_of` internally and crops; any size >= `min` is accepted.
             "size": {"multiple_of": t.multiple_of, "padded_internally": True, "min": self.min_size},
-            "tiling": {"recommended_tile": t.recommended_tile, "overlap": t.overlap, "required": t.required},
+            "tiling": {"recommended_tile": t.recommended_tile, "overlap": t.overlap, "required": t.required,
+                       "default_tile": t.default_tile},
         }
 
     @classmethod
@@ -99,7 +100,8 @@ class IOContract:
         policy = TilingPolicy.for_model(count(size, "multiple_of", 1, 1),
                                         count(tiling, "recommended_tile", RECOMMENDED_TILE, 1),
                                         bool(tiling.get("required", False)),
-                                        overlap=count(tiling, "overlap", BASE_OVERLAP, 0))
+                                        overlap=count(tiling, "overlap", BASE_OVERLAP, 0),
+                                        default_tile=count(tiling, "default_tile", DEFAULT_TILE, 1))
         return cls(scale=scale, tiling=policy, min_size=count(size, "min", 1, 1),
                    input_name=str(_need(d, "input", Mapping, where)["name"]),
                    output_name=str(_need(d, "output", Mapping, where)["name"]))

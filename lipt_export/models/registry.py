@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch.nn as nn
 
 from lipt_export.catalog import FAMILIES
-from lipt_export.tiling import RECOMMENDED_TILE
+from lipt_export.tiling import DEFAULT_TILE, RECOMMENDED_TILE
 from lipt_export.errors import ModelError
 
 
@@ -36,6 +36,7 @@ class ModelSpec:
     # LR tile (pixels) recommended for tiled serving; `tile_required` = run tiled by default (ESRT).
     recommended_tile: int = RECOMMENDED_TILE
     tile_required: bool = False
+    default_tile: int = DEFAULT_TILE  # the tile when none is asked for (catalog: measured per family)
     # Engines default to one static profile at recommended_tile (TensorRT builds this family's dynamic-shape
     # graph far slower; served inputs are tiled/padded to the profile anyway). --shapes overrides.
     static_engine_profile: bool = False
@@ -69,7 +70,7 @@ def catalog_facts(name: str) -> Dict[str, Any]:
     fam = FAMILIES[name]
     return {"name": name, "variants": fam.variants, "scales": fam.scales, "default_variant": fam.default_variant,
             "min_size": fam.min_size, "recommended_tile": fam.recommended_tile, "tile_required": fam.tile_required,
-            "static_engine_profile": fam.static_engine_profile}
+            "default_tile": fam.default_tile, "static_engine_profile": fam.static_engine_profile}
 
 
 def register(spec: ModelSpec) -> ModelSpec:

@@ -238,7 +238,8 @@ def _checkpoint_runner(art: Artifact, model: Optional[str], variant: Optional[st
 
 def tiling_for(spec: "ModelSpec", arch: "Architecture") -> TilingPolicy:
     """The model's tiling policy (what export writes into the manifest's io.tiling)."""
-    return TilingPolicy.for_model(arch.size_multiple, spec.recommended_tile, spec.tile_required)
+    return TilingPolicy.for_model(arch.size_multiple, spec.recommended_tile, spec.tile_required,
+                                  default_tile=spec.default_tile)
 
 
 def io_contract_for(spec: "ModelSpec", arch: "Architecture") -> IOContract:

@@ -5,10 +5,11 @@
 * Runtime. ``auto`` for an ONNX file is the export's measured choice (``manifest.runtime_choice[precision]``) when it
   was measured on this machine (:func:`machine_fingerprint`); on another machine a fresh measurement, when the
   caller passes one (``measure``: measuring lives in :mod:`lipt_export.validation.runtime_choice`, above this
-  layer; ``lipt_export.load_runner`` and the CLI pass it), else ONNX Runtime, saying why. Engines run on their own
+  layer; ``lipt_export.load_runner`` and the CLI pass it), else ONNX Runtime, saying why. A choice timed on a busy
+  machine (``RuntimeChoice.provisional``) is followed, with one warning line saying so. Engines run on their own
   TensorRT, checkpoints on PyTorch. A name other than ``auto`` is used as given.
-* Tiling. The model's :class:`~lipt_export.tiling.TilingPolicy` resolves the tile and overlap (the default tile
-  bounds memory; images up to it run whole), warns about an overlap below the policy, and for an engine keeps the
+* Tiling. The model's :class:`~lipt_export.tiling.TilingPolicy` resolves the tile and overlap (the model's default
+  tile, measured per family, bounds memory; images up to it run whole), warns about an overlap below the policy, and for an engine keeps the
   tile inside its optimization profile (no second tiling inside the engine runner).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.loader import Artifact, open_artifact, runner_for
 from lipt_export.runtime.openvino import installed_cpu_runtimes, openvino_status
 from lipt_export.runtime.tiling import TiledRunner
-from lipt_export.tiling import DEFAULT_TILE
+from lipt_export.tiling import POLICY_TILE
 
 # measure(artifact, threads) -> a fresh RuntimeChoice for that file on this machine
 Measure = Callable[[Artifact, Optional[int]], RuntimeChoice]
@@ -54,31 +55,38 @@ def machine_fingerprint() -> str:
 def resolve_runtime(art: Artifact, runtime: str = "auto", threads: Optional[int] = None,
                     measure: Optional[Measure] = None) -> Tuple[str, str]:
     """(runtime, why) for a resolved artifact; ``why`` says how ``auto`` decided ("" when named)."""
+    chosen, why, _ = _resolve_runtime(art, runtime, threads, measure)
+    return chosen, why
+
+
+def _resolve_runtime(art: Artifact, runtime: str, threads: Optional[int], measure: Optional[Measure]
+                     ) -> Tuple[str, str, Optional[RuntimeChoice]]:
+    """(runtime, why, the measured record ``auto`` followed or None)."""
     if art.format == "tensorrt":
-        return art.entry.engine.runtime, f"{art.entry.engine.label}: an engine runs on its own TensorRT"
+        return art.entry.engine.runtime, f"{art.entry.engine.label}: an engine runs on its own TensorRT", None
     if art.format == "torch":
-        return "pytorch", "a checkpoint runs eagerly"
+        return "pytorch", "a checkpoint runs eagerly", None
     if runtime != "auto":
-        return runtime, ""
+        return runtime, "", None
     record = art.manifest.runtime_choice.get(art.precision) if art.entry is not None and art.manifest else None
     if record is not None and record.machine == machine_fingerprint():
-        return record.runtime, f"measured at export on this machine: {record.summary()}"
+        return record.runtime, f"measured at export on this machine: {record.summary()}", record
     if installed_cpu_runtimes() == ["onnxruntime"]:
-        return "onnxruntime", "the only CPU runtime installed"
+        return "onnxruntime", "the only CPU runtime installed", None
     if art.entry is None or art.manifest is None or art.manifest.root is None:
-        return "onnxruntime", "a bare ONNX file: nothing measured"
+        return "onnxruntime", "a bare ONNX file: nothing measured", None
     if not art.manifest.golden:
-        return "onnxruntime", "no golden inputs in this export to measure the others on"
+        return "onnxruntime", "no golden inputs in this export to measure the others on", None
     if measure is None:
         return "onnxruntime", ("measured at export on another machine; not measured here (lipt_export.load_runner "
-                               "and the CLI measure)" if record else "not measured")
+                               "and the CLI measure)" if record else "not measured"), None
     fresh = measure(art, threads)
     where = "measured now (the export's record is from another machine)" if record else "measured now"
-    return fresh.runtime, f"{where}: {fresh.summary()}"
+    return fresh.runtime, f"{where}: {fresh.summary()}", fresh
 
 
 def resolve_tiling(art: Artifact, tile: Optional[int] = None, overlap: Optional[int] = None,
-                   default_tile: Optional[int] = DEFAULT_TILE) -> Tuple[Optional[int], int, List[str]]:
+                   default_tile: Optional[int] = POLICY_TILE) -> Tuple[Optional[int], int, List[str]]:
     """(tile or None for whole images, overlap, warnings) as the model's policy resolves them; an engine's tile
     stays inside its optimization profile."""
     policy = art.tiling
@@ -99,7 +107,7 @@ class Plan:
     tile: Optional[int]
     overlap: int
     warnings: List[str] = field(default_factory=list)
-    requested: Tuple[Optional[int], Optional[int], Optional[int]] = (None, None, DEFAULT_TILE)  # tile, overlap, default
+    requested: Tuple[Optional[int], Optional[int], Optional[int]] = (None, None, POLICY_TILE)  # tile, overlap, default
 
     def runner(self, threads: Optional[int] = None, providers: Optional[Sequence[str]] = None,
                model: Optional[str] = None, variant: Optional[str] = None, scale: Optional[int] = None,
@@ -123,7 +131,7 @@ class Plan:
 
 
 def resolve(art: Artifact, *, runtime: str = "auto", tile: Optional[int] = None, overlap: Optional[int] = None,
-            default_tile: Optional[int] = DEFAULT_TILE, threads: Optional[int] = None,
+            default_tile: Optional[int] = POLICY_TILE, threads: Optional[int] = None,
             measure: Optional[Measure] = None) -> Plan:
     """Resolve an opened artifact (:func:`lipt_export.runtime.loader.open_artifact`) into a :class:`Plan`."""
     if runtime != "auto" and runtime not in CPU_RUNTIMES:
@@ -131,7 +139,9 @@ def resolve(art: Artifact, *, runtime: str = "auto", tile: Optional[int] = None,
     if runtime not in ("auto", "onnxruntime") and art.format != "onnx":
         raise ArtifactError(f"--runtime {runtime} runs ONNX artifacts; {art.path.name} is {art.format}")
     size, ov, warnings = resolve_tiling(art, tile, overlap, default_tile)
-    chosen, why = resolve_runtime(art, runtime, threads, measure)
+    chosen, why, record = _resolve_runtime(art, runtime, threads, measure)
+    busy = record.provisional_warning(art.precision) if record is not None else None
+    warnings += [busy] if busy else []
     return Plan(art, chosen, why, size, ov, warnings, (tile, overlap, default_tile))
 
 
@@ -144,8 +154,8 @@ def load_runner(path: Any, precision: Optional[str] = None, backend: str = "auto
     torch module): open -> resolve -> run, resolved as ``lipt-export upscale`` resolves it. ``runtime``: ONNX
     Runtime by default (the execution every export's gates were measured on), another by name, or ``"auto"``: the
     same measured choice as ``upscale --runtime auto``. Tiling: ``tile`` as given (0: whole images); unset, whole images unless the model requires
-    tiling, or ``default_tile`` (upscale passes :data:`~lipt_export.tiling.DEFAULT_TILE`: images up to it run whole,
-    larger ones tiled by the model's policy). ``runner.resolved`` is the :class:`Plan` (what runs and why)."""
+    tiling, or ``default_tile`` (upscale uses :data:`~lipt_export.tiling.POLICY_TILE`: the model's measured default
+    tile, ``io.tiling.default_tile``; images up to it run whole, larger ones tiled by the model's policy). ``runner.resolved`` is the :class:`Plan` (what runs and why)."""
     torch = sys.modules.get("torch")  # a module can only be passed if torch is loaded: never import it here
     if torch is not None and isinstance(path, torch.nn.Module):
         return TorchRunner(path, name=name or "eager")

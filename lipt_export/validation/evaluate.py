@@ -28,7 +28,7 @@ from lipt_export.runtime.eager import TorchRunner
 from lipt_export.runtime.loader import onnx_runner, open_onnx_artifacts, tiling_for
 from lipt_export.runtime.openvino import check_runtime
 from lipt_export.runtime.tiling import TiledRunner, tiled
-from lipt_export.tiling import DEFAULT_TILE
+from lipt_export.tiling import POLICY_TILE
 from lipt_export.validation.datasets import open_dataset
 from lipt_export.validation.extras import parity_extras_for
 from lipt_export.validation.metrics import sr_scores, to_uint8
@@ -156,7 +156,7 @@ def artifact_targets(paths: Sequence[str], model: str, scale: int, tile: Optiona
                                  memory_arena=False)
             kind = runner.runtime  # for OpenVINO: the precision it compiled for
             name = f"{label}/{art.path.name}" + ("" if rt == "onnxruntime" else f"@{kind}")
-            runner = tiled(runner, art.tiling, scale, tile, default_tile=DEFAULT_TILE)
+            runner = tiled(runner, art.tiling, scale, tile, default_tile=POLICY_TILE)
             info = {"path": str(art.path), "runtime": kind}
             if isinstance(runner, TiledRunner):
                 info["tile"] = runner.tile
@@ -214,7 +214,7 @@ def run_eval(model: str, variant: Optional[str], scale: int, weights: Optional[s
             notes.insert(0, "no --weights given; the eager model uses demo weights (scores are meaningless)")
         # the same tiling policy as the artifacts', so ΔPSNR measures the artifact, not the tiling
         eager = tiled(TorchRunner(UnitRangeIO(deploy, spec.rgb_range), name="eager"), tiling_for(spec, arch), scale,
-                      tile, default_tile=DEFAULT_TILE)
+                      tile, default_tile=POLICY_TILE)
         tile_info = {"tile": eager.tile} if isinstance(eager, TiledRunner) else {}
         targets.append(EvalTarget(eager, "eager (pytorch)", "fp32", "pytorch", {"weights": info, **tile_info}))
     targets.extend(arts)

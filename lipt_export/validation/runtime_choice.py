@@ -12,7 +12,10 @@ the LR sizes are the golden ones. The fastest eligible execution (interleaved ro
 input) is chosen.
 
 The record names the machine it was measured on (CPU model, cores, runtime versions); on another machine
-``auto`` measures again rather than trusting it, and says so.
+``auto`` measures again rather than trusting it, and says so. The timing drops rounds while other processes or
+steal load the machine (:func:`lipt_export.validation.bench.interleaved_timing`); when too few rounds were quiet
+it measures once more, and if the machine is still busy the record says the choice is *provisional* (why, and
+the conditions), which ``upscale`` repeats in one warning line.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from lipt_export.manifest import ArtifactEntry, RuntimeChoice
 from lipt_export.runtime.loader import Artifact, onnx_runner
 from lipt_export.runtime.openvino import installed_cpu_runtimes
 from lipt_export.runtime.resolve import machine_fingerprint
-from lipt_export.validation.bench import interleaved_stats
+from lipt_export.validation.bench import interleaved_timing
 from lipt_export.validation.imresize import imresize
 from lipt_export.validation.inputs import natural_inputs
 from lipt_export.validation.metrics import psnr_y_nchw
@@ -94,9 +97,17 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
                             within_budget=bool(abs(delta) <= FLOAT_RUNTIME_BUDGET_DB))
         candidates.append(cand)
     eligible = [runners[c["runtime"]] for c in candidates if c["within_budget"]]
+    provisional = None
     if len(eligible) > 1:
         probe = max(inputs, key=lambda x: x.size)
-        stats = interleaved_stats(eligible, probe, runs, warmup=1)
+        timing = interleaved_timing(eligible, probe, runs, warmup=1)
+        if timing.noisy:  # once more, after a moment: a busy spell may have passed
+            first = timing
+            timing = interleaved_timing(eligible, probe, runs, warmup=1)
+            if timing.noisy:
+                provisional = (f"timed on a busy machine twice (first: {first.quiet} of {first.rounds} rounds "
+                               f"quiet, then {timing.quiet} of {timing.rounds}; {timing.summary()})")
+        stats = timing.stats
         for c in candidates:
             if c["runtime"] in stats:
                 c["median_ms"] = round(stats[c["runtime"]]["median_ms"], 2)
@@ -106,7 +117,8 @@ def measure_runtime_choice(path: Path, precision: str, inputs: Sequence[np.ndarr
         best, probe_hw = "onnxruntime", None
     return RuntimeChoice.from_dict({"runtime": best, "machine": machine_fingerprint(), "budget": BUDGET,
                                     "candidates": candidates, "left_out": left_out, "probe_hw": probe_hw,
-                                    "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+                                    "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                                    **({"provisional": provisional} if provisional else {})},
                                    "runtime choice")
 
 
@@ -144,10 +156,12 @@ def int8_recommendation(paths: Dict[str, Path], inputs: Sequence[np.ndarray], th
     probe = max(inputs, key=lambda x: x.size)
     runners = [onnx_runner(path, precision=precision, threads=threads, name=precision)
                for precision, path in paths.items()]
-    stats = interleaved_stats(runners, probe, runs, warmup=1)
+    timing = interleaved_timing(runners, probe, runs, warmup=1)
+    stats = timing.stats
     ms = {k: round(v["median_ms"], 2) for k, v in stats.items()}
     others = {k: v for k, v in ms.items() if k != "int8"}
     fastest = min(others, key=others.get)
     return {"recommended": bool(ms["int8"] < others[fastest]), "runtime": "onnxruntime",
             "probe_hw": list(probe.shape[2:]), "median_ms": ms,
-            "speedup_vs_" + fastest: round(others[fastest] / ms["int8"], 2), "machine": machine_fingerprint()}
+            "speedup_vs_" + fastest: round(others[fastest] / ms["int8"], 2), "machine": machine_fingerprint(),
+            "timing": timing.summary()}

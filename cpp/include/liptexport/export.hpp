@@ -42,6 +42,7 @@ struct IOContract {
     int recommended_tile = 256;
     int tile_overlap = 16;
     bool tile_required = false;
+    int default_tile = 512;  // io.tiling.default_tile (absent in exports made before issue 26: DEFAULT_TILE)
     std::string input_name = "lr";
     std::string output_name = "sr";
 };

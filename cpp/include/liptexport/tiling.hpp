@@ -16,7 +16,9 @@ namespace liptexport {
 
 inline constexpr int WINDOWS_OF_CONTEXT = 8;
 inline constexpr int BASE_OVERLAP = 16;
-inline constexpr int DEFAULT_TILE = 512;  // upscale's LR tile when none is asked for; images up to it run whole
+// upscale's LR tile when none is asked for and the manifest states none (io.tiling.default_tile, measured per family);
+// images up to it run whole
+inline constexpr int DEFAULT_TILE = 512;
 inline constexpr double DEFAULT_BLEND = 0.25;
 
 // How one model is tiled (TilingPolicy in Python): what the manifest's io.size/io.tiling say, with the context
@@ -26,6 +28,7 @@ struct TilingPolicy {
     int recommended_tile = 256;
     int overlap = BASE_OVERLAP;
     bool required = false;
+    int default_tile = DEFAULT_TILE;  // the model's tile when none is asked for (io.tiling.default_tile)
 
     // Windowed models see several windows away: at least 8 windows of overlap (docs/serving.md, measured).
     static int context_overlap(int multiple_of, int base = BASE_OVERLAP);
