@@ -44,13 +44,13 @@ def cluster():
         c.shutdown()
 
 
-def _images(folder: Path, n: int, seed: int = 0) -> Path:
+def _images(folder: Path, n: int, seed: int = 0, base: int = 32) -> Path:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for i in range(n):  # 32..64 px, sides that are not multiples of the window
-        h, w = 32 + (7 * i) % 33, 64 - (5 * i) % 33
+    for i in range(n):  # base..base+32 px, sides that are not multiples of the window
+        h, w = base + (7 * i) % 33, base + 32 - (5 * i) % 33
         Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(folder / f"im{i:02d}.png")
     return folder
 
@@ -118,7 +118,9 @@ def test_bad_ray_options_are_one_line(tiny_export, tmp_path):
 
 
 def test_node_lost_mid_job(tiny_export, cluster, tmp_path):
-    src = _images(tmp_path / "in", 40, seed=1)  # enough that the job outlives the removal on a fast machine
+    # enough work that the job outlives the node's removal (started at the first output) on a fast, idle machine:
+    # 40 images of 32-64 px finished in 1.4 s there, before the removal took effect
+    src = _images(tmp_path / "in", 40, seed=1, base=112)
     _ok(run_cli("upscale", tiny_export, src, tmp_path / "local", "-q"))
     out = tmp_path / "ray"
     node = next(iter(cluster.worker_nodes))

@@ -201,12 +201,15 @@ def test_audit_counts_a_batched_matmul_on_dequantized_weights(tmp_path):
 
 def test_bf16_islands_are_searched_when_all_bf16_misses_the_budget(nets):
     """A budget the all-BF16 file cannot meet: the nodes are ranked on the rounding model and the most sensitive kept
-    FP32 until the held-out drop fits (or the cap is reached, said)."""
+    FP32 until the held-out drop fits (or the cap is reached, said). The budget asks for a PSNR-Y *gain*: BF16 rounding
+    can move the held-out PSNR-Y by less than the 1e-4 dB the drop is recorded with, either way, so a tiny positive
+    budget is not always missed."""
     d, conv, _, images = nets
     held = heldout_pairs(conv, 2, calib=str(images), count=8, size=24)
-    info = convert_bf16(conv, d / "conv.bf16.onnx", held=held, max_psnr_drop=1e-6,
+    budget = -1.0
+    info = convert_bf16(conv, d / "conv.bf16.onnx", held=held, max_psnr_drop=budget,
                         artifact_runner=lambda p: OnnxRuntimeRunner(p, precision="bf16"))["bf16"]
-    assert info["sensitivity"] == "measured" and info["psnr_drop_all_bf16_db"] > 1e-6
+    assert info["sensitivity"] == "measured" and info["psnr_drop_all_bf16_db"] > budget
     assert info["islands"] and all("measured" in i["reason"] for i in info["islands"])
     assert info["search"]["search_evaluations"][0]["units_in_fp32"] == 0 and info["sensitivity_top"]
-    assert info["budget_met"] == (info["psnr_drop_db"] <= 1e-6)
+    assert info["budget_met"] is False and len(info["islands"]) >= 1

@@ -150,8 +150,13 @@ def run_benchmark(export_dir: str | Path, *, runtimes: Optional[Sequence[str]] =
                               "graph": "deploy"}
         log.info(f"timing {len(runners)} runners on {len(inputs)} input(s), {runs} interleaved rounds")
         with tqdm(total=len(inputs) * (runs + warmup), desc="bench rounds", unit="round", file=sys.stderr,
-                  disable=not progress) as bar:  # per round (more when busy rounds are dropped)
-            timings = [interleaved_timing(runners, x, runs, warmup, progress=bar.update) for x in inputs]
+                  disable=not progress) as bar:  # per round; busy rounds dropped add rounds: the total grows
+            def tick(n: int) -> None:
+                if bar.total is not None and bar.n + n > bar.total:
+                    bar.total = bar.n + n
+                bar.update(n)
+
+            timings = [interleaved_timing(runners, x, runs, warmup, progress=tick) for x in inputs]
         per_input = [t.stats for t in timings]
     finally:
         for p in work.iterdir():
