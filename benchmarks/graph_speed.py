@@ -6,6 +6,8 @@ Two commands, both on fp32 ONNX files, 2 intra-op threads, LR square inputs, aga
     # per-op breakdown: ONNX Runtime's profiler per node, OpenVINO's per-layer counters (PERF_COUNT)
     .venv/bin/python benchmarks/graph_speed.py profile smsr:EXPORT/smsr-base-x2 esrt:EXPORT/esrt-base-x4 \
         --sizes 128,64 --runs 5
+    # the conv kernels' own ceiling: 20 plain 64-channel 3x3 convs + ReLU
+    .venv/bin/python benchmarks/graph_speed.py ceiling --sizes 128,64 --runs 7
     # the same model in several forms, every runner interleaved in every round; medians and ratios vs the first
     .venv/bin/python benchmarks/graph_speed.py compare --model smsr --scale 2 base:OLD/smsr-base-x2 \
         new:NEW/smsr-base-x2 --sizes 128,64 --runs 11
@@ -202,17 +204,84 @@ def cmd_compare(args) -> dict:
     return {"peak_gflops": peak, "isa": isa(), "model": args.model, "rows": results}
 
 
+def conv_stack_onnx(path: Path, layers: int = 20, channels: int = 64) -> float:
+    """A plain stack of 3x3 conv + ReLU, channels -> channels: the best case for a conv-bound graph.
+    Returns MACs per input pixel."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((channels, channels, 3, 3)) / (3 * channels ** 0.5)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    graph = helper.make_graph(nodes, "conv_stack",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, "h", "w"])],
+                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    return layers * channels * channels * 9
+
+
+def copy_bandwidth_gbs(mbytes: int = 256, repeats: int = 5) -> float:
+    """Memory bandwidth as a runtime's elementwise op sees it: torch copy of a 256 MB fp32 tensor on the set
+    threads, bytes read + written, best of ``repeats``."""
+    import time
+
+    import torch
+
+    a = torch.ones(mbytes * 2 ** 20 // 4)
+    b = torch.empty_like(a)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        best = max(best, 2 * a.numel() * 4 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def cmd_ceiling(args) -> dict:
+    """The conv-only ceiling: how close each runtime gets to the FMA peak on 20 plain 64-channel 3x3 convs."""
+    import tempfile
+
+    peak = fma_peak_gflops(args.threads)
+    print(f"{isa()} fp32 FMA peak {peak:.1f} GFLOP/s ({args.threads} threads); {load_avg()}")
+    rows, table = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "conv_stack.onnx"
+        macs_px = conv_stack_onnx(path)
+        for size in args.sizes:
+            x = np.random.default_rng(1).standard_normal((1, 64, size, size)).astype(np.float32)
+            runners = [OnnxRuntimeRunner(path, threads=args.threads), OpenVinoRunner(path, "f32", threads=args.threads)]
+            runners[0].name, runners[1].name = "onnxruntime", "openvino-f32"
+            stats = interleaved_stats(runners, x, args.runs, warmup=2)
+            for r in runners:
+                med = stats[r.name]["median_ms"]
+                gflops = 2 * macs_px * size * size / med / 1e6
+                rows.append({"size": size, "runtime": r.name, "median_ms": med, "gflops": gflops,
+                             "pct_peak": 100 * gflops / peak})
+                table.append([f"{size}", r.name, f"{med:.1f}", f"{gflops:.1f}", f"{100 * gflops / peak:.1f}%"])
+    print(format_table(("LR", "runtime", "median ms (20 convs)", "GFLOP/s", "% FMA peak"), table))
+    bw = copy_bandwidth_gbs()
+    print(f"memory bandwidth (torch copy of 256 MB, {args.threads} threads, read + write): {bw:.1f} GB/s")
+    print(load_avg())
+    return {"peak_gflops": peak, "isa": isa(), "rows": rows, "copy_gbs": bw}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("profile")
     p.add_argument("exports", nargs="+", help="FAMILY:EXPORT_DIR")
     p.add_argument("--types", action="store_true", help="also list OpenVINO's slowest layer types")
+    e = sub.add_parser("ceiling", help="20 plain 64-channel 3x3 convs: the conv kernels' own ceiling")
     c = sub.add_parser("compare")
     c.add_argument("exports", nargs="+", help="LABEL:EXPORT_DIR (the first is the reference)")
     c.add_argument("--model", required=True)
     c.add_argument("--scale", type=int, required=True)
-    for q in (p, c):
+    for q in (p, c, e):
         q.add_argument("--sizes", default="128,64", type=lambda s: [int(v) for v in s.split(",")])
         q.add_argument("--runs", type=int, default=7)
         q.add_argument("--threads", type=int, default=2)
@@ -221,7 +290,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     before = load_avg()
-    result = cmd_profile(args) if args.cmd == "profile" else cmd_compare(args)
+    result = {"profile": cmd_profile, "compare": cmd_compare, "ceiling": cmd_ceiling}[args.cmd](args)
     result.update({"load_before": before, "load_after": load_avg(), "argv": sys.argv[1:]})
     out = ROOT / "benchmarks" / "results" / f"graph_speed_{args.cmd}{'_' + args.model if args.cmd == 'compare' else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
