@@ -145,7 +145,8 @@ def cmd_profile(args) -> dict:
             for (node, op), ms in per_node.items():
                 ort_cat[category(op, node)] += ms
             ov_cat, ov_types, ov_wall = ov_profile(path, size, args.runs, args.threads)
-            for rt, cats, wall in (("onnxruntime", ort_cat, float(np.median(runs_ms))), ("openvino-f32", ov_cat, ov_wall)):
+            ort_wall = float(np.median(runs_ms))
+            for rt, cats, wall in (("onnxruntime", ort_cat, ort_wall), ("openvino-f32", ov_cat, ov_wall)):
                 kern = sum(cats.values())
                 gflops = 2 * gmac["total"] / wall * 1e3
                 conv_gflops = 2 * gmac["conv"] / cats["conv"] * 1e3 if cats["conv"] else 0.0
@@ -292,7 +293,8 @@ def main() -> None:
     before = load_avg()
     result = {"profile": cmd_profile, "compare": cmd_compare, "ceiling": cmd_ceiling}[args.cmd](args)
     result.update({"load_before": before, "load_after": load_avg(), "argv": sys.argv[1:]})
-    out = ROOT / "benchmarks" / "results" / f"graph_speed_{args.cmd}{'_' + args.model if args.cmd == 'compare' else ''}.json"
+    suffix = f"_{args.model}" if args.cmd == "compare" else ""
+    out = ROOT / "benchmarks" / "results" / f"graph_speed_{args.cmd}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
 

@@ -14,8 +14,9 @@ Forms of the sparse mask body (:class:`SparseMaskBody`), one class with two form
 - deploy form (``reparameterize()``): the channel masks are baked in. Output channels of every layer are
   permuted so dense ones come first, the conv weights are permuted to match, and each layer runs as one
   conv over all input channels selected by the mask against a small dense-input conv
-  (``SparseMaskBody._forward_deploy``); the 1x1 collect conv takes the permuted concatenation. Weight shapes do not change, so a fused checkpoint
-  loads into the deploy graph of any SMSR; ``ch_mask`` is replaced by the int buffer ``dense_out``.
+  (``SparseMaskBody._forward_deploy``); the 1x1 collect conv takes the permuted concatenation. Weight shapes
+  do not change, so a fused checkpoint loads into the deploy graph of any SMSR; ``ch_mask`` is replaced by the
+  int buffer ``dense_out``.
 
 Native range 0..255. Any H, W: the mask branch halves and doubles the resolution, so odd sizes are
 replicate-padded to even inside the model and the output is cropped; the bicubic residual is computed on
