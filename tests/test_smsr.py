@@ -214,3 +214,27 @@ def test_wrong_scale_checkpoint_names_scale(tmp_path):
     x = _input(12, 14, dtype=torch.float32)
     with torch.no_grad():
         assert torch.equal(train(x), copy.deepcopy(_model(2))(x))
+
+
+def test_every_mask_layer_is_one_full_conv_plus_a_dense_input_conv(exported):
+    """Deploy form: per SMB layer one conv over all 64 input channels (never a conv on the sparse channel
+    slice), plus, only where a layer has dense inputs and dense outputs, one small conv from the dense inputs to
+    the dense outputs; the mask selects between the two by arithmetic."""
+    deploy, path = exported
+    proto = onnx.load(str(path))
+    shapes = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    shapes.update({n.output[0]: tuple(n.attribute[0].t.dims) for n in proto.graph.node if n.op_type == "Constant"})
+    convs = sorted(shapes[n.input[1]][:2] for n in proto.graph.node
+                   if n.op_type == "Conv" and shapes.get(n.input[1], (0, 0, 0))[2:] == (3, 3))
+    small = []
+    for body in (m for m in deploy.modules() if isinstance(m, SparseMaskBody)):
+        n_in = 64
+        for n_out in body.dense_out.tolist():
+            small += [(n_out, n_in)] if 0 < n_in < 64 and n_out else []
+            n_in = n_out
+    assert small, "the test weights must exercise the dense-input conv"
+    q = 16  # the mask branch's two 3x3 convs per SMM
+    # head (3 -> 64, 64 -> 64), 5 SMMs x (4 full layers + mask branch), the collect's 3x3, the tail (64 -> 12)
+    expected = [(64, 3), (64, 64)] + 5 * ([(64, 64)] * 4 + [(q, 64), (q, q)]) + [(64, 64), (12, 64)] + small
+    assert convs == sorted(expected)
+    assert "Where" not in {n.op_type for n in proto.graph.node}

@@ -12,10 +12,11 @@ Forms of the sparse mask body (:class:`SparseMaskBody`), one class with two form
   ``round(softmax(ch_mask))``) applied densely: the *dense-masked equivalent* of the official sparse
   convolution (which gathers masked pixels with ``nonzero`` and exports with baked pixel counts).
 - deploy form (``reparameterize()``): the channel masks are baked in. Output channels of every layer are
-  permuted so dense ones come first, the conv weights are permuted to match, and each layer runs as
-  ``conv(dense_in) + M * conv(sparse_in)`` on weight slices that the exporter folds into constants; the
-  1x1 collect conv takes the permuted concatenation. Weight shapes do not change, so a fused checkpoint
-  loads into the deploy graph of any SMSR; ``ch_mask`` is replaced by the int buffer ``dense_out``.
+  permuted so dense ones come first, the conv weights are permuted to match, and each layer runs as one
+  conv over all input channels selected by the mask against a small dense-input conv
+  (``SparseMaskBody._forward_deploy``); the 1x1 collect conv takes the permuted concatenation. Weight shapes
+  do not change, so a fused checkpoint loads into the deploy graph of any SMSR; ``ch_mask`` is replaced by the
+  int buffer ``dense_out``.
 
 Native range 0..255. Any H, W: the mask branch halves and doubles the resolution, so odd sizes are
 replicate-padded to even inside the model and the output is cropped; the bicubic residual is computed on
@@ -112,23 +113,51 @@ class SparseMaskBody(nn.Module):
 
     # -- deploy form -------------------------------------------------------------------------------
     def _forward_deploy(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Each layer is ONE conv over all 64 input channels, masked by arithmetic (issue 26).
+
+        With hard masks, at a masked pixel every input channel contributes (Y = conv(F)); outside the mask only
+        the dense inputs do, and only the dense outputs exist. So, with channels dense-first (reparameterize):
+
+            out = m * relu(conv(F, W)) + (1 - m) * [relu(conv(F_dense, W_dense,dense)); 0]
+
+        (relu commutes with the 0/1 mask). The second conv is small (n_in dense inputs -> n_out dense outputs,
+        zero-padded to C channels) and exists only where a layer has both. Where every input is dense (layer 0)
+        the dense rows of the first conv are the second term. Same MACs as the split form plus n_in * n_out
+        per pixel, but no conv on a 24/40-style channel slice and no slice/concat of activations."""
         counts = [int(c) for c in self.dense_out.tolist()]  # constants: traced as such on export
         c = self.channels
-        dense, sparse, n_in = x, None, c
+        m_out = 1 - m
+        fea, n_in = x, c
         outs: List[torch.Tensor] = []
         for i, conv in enumerate(self.body):
             w = conv.weight
-            y = F.conv2d(dense, w[:, :n_in], padding=1) if n_in > 0 else None
-            if n_in < c:
-                y_s = m * F.conv2d(sparse, w[:, n_in:], padding=1)
-                y = y_s if y is None else y + y_s
-            y = F.relu(y)
             n_out = counts[i]
-            dense = y[:, :n_out] if n_out > 0 else None
-            sparse = y[:, n_out:] * m if n_out < c else None
-            outs.extend(t for t in (dense, sparse) if t is not None)
-            n_in = n_out
+            z = F.relu(F.conv2d(fea, w, padding=1))
+            if n_in == c and n_out == c:  # all dense in and out: no mask
+                out = z
+            elif n_in == 0 or n_out == 0:  # only masked pixels carry anything
+                out = z * m
+            else:
+                if n_in == c:  # outside the mask the dense rows see every input: they are z's own rows
+                    dense = z * (torch.arange(c, device=w.device) < n_out).to(w.dtype).view(1, c, 1, 1)
+                else:
+                    dense = F.pad(F.relu(F.conv2d(fea[:, :n_in], w[:n_out, :n_in], padding=1)),
+                                  (0, 0, 0, 0, 0, c - n_out))
+                out = z * m + dense * m_out
+            outs.append(out)
+            fea, n_in = out, n_out
         return self.collect(torch.cat(outs, 1))
+
+    def extra_macs(self, h: int, w: int) -> int:
+        """MACs the deploy form spends beyond the dense-masked work: the small dense-input convs."""
+        if not self.deploy:
+            return 0
+        n_in, total = self.channels, 0
+        for n_out in (int(v) for v in self.dense_out.tolist()):
+            if 0 < n_in < self.channels and n_out:
+                total += n_in * n_out * 9
+            n_in = n_out
+        return total * h * w
 
     def forward(self, x: torch.Tensor, m: torch.Tensor):
         if self.deploy:
