@@ -1,6 +1,7 @@
 """The product is the matrix: every family, at its smallest configuration and on its default options (a small
 engine profile aside, for the suite's time), through every command a user runs: export (TensorRT-RTX engines where
-installed) -> verify -> upscale of a real image (tiled and whole agree) -> triton (auto) -> serve, whose answer
+installed) -> verify -> upscale of a real image (tiled and whole agree) and of a folder holding an image and a
+video -> triton (auto) -> serve, whose answer
 equals the local upscale -> eval on two Set5 images. And each family's exact default export command holds an
 engine profile its graph can build.
 
@@ -22,6 +23,7 @@ from PIL import Image
 
 from helpers.checkpoints import small_agileir_checkpoint
 from helpers.cli import one_export, run_cli
+from helpers.video import decoded, make_clip, packets
 from lipt_export import load_runner
 from lipt_export.engines.shapes import MAX_ELEMENTS, check_max_shape
 from lipt_export.engines.triton_client import TritonHttpClient
@@ -133,6 +135,36 @@ def test_upscale_of_a_real_image_tiled_and_whole_agree(family, image):
         return
     # the policy's overlap (8 windows) keeps seams at float noise: at most a code or two after rounding
     assert diff.max() <= 2 and (diff > 1).mean() < 0.001, (family.name, diff.max(), (diff > 1).mean())
+
+
+def test_a_folder_of_an_image_and_a_video_on_defaults(family, tmp_path):
+    """`upscale` of a folder mixing an image and a short video (H.264 + AAC), options on their defaults but --lossless
+    (FFV1, so frames compare exactly): each output frame equals the upscale of that decoded frame as an image; frame
+    count, timestamps and audio kept."""
+    rng = np.random.default_rng(3)
+    base = (synthetic_image(48, 64, 3) * 255).round().astype(np.uint8)
+    frames = [np.clip(base.astype(int) + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+              for _ in range(3)]
+    media = tmp_path / "media"
+    media.mkdir()
+    Image.fromarray(frames[0]).save(media / "still.png")
+    clip = make_clip(media / "clip.mkv", frames)
+    res = run_cli("upscale", family.out, media, tmp_path / "up", "-q", "--lossless")
+    assert res.exit_code == 0, res.output
+    assert "1 image(s) and 1 video(s) (3 frames" in res.output, res.output
+    src, src_pts, src_tb, *_ = decoded(clip)
+    out, pts, tb, *_ = decoded(tmp_path / "up" / "clip.mkv")
+    assert len(out) == 3 and [p * tb for p in pts] == [p * src_tb for p in src_pts]
+    assert packets(tmp_path / "up" / "clip.mkv") == packets(clip)
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for i, rgb in enumerate(src):
+        Image.fromarray(rgb).save(stills / f"{i}.png")
+    assert run_cli("upscale", family.out, stills, tmp_path / "stills_up", "-q").exit_code == 0
+    for i, rgb in enumerate(out):
+        assert rgb.shape == (96, 128, 3) and np.array_equal(rgb, np.asarray(Image.open(tmp_path / "stills_up" /
+                                                                                     f"{i}.png"))), i
+    assert np.asarray(Image.open(tmp_path / "up" / "still.png")).shape == (96, 128, 3)
 
 
 SERVE_PROBLEM = server_env_problem()
