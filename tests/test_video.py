@@ -303,3 +303,23 @@ def test_the_pipeline_is_ordered_bounded_and_stops_on_any_failure():
             run_pipeline(gen(), boom if stage == "work" else (lambda x: x),
                          boom if stage == "sink" else (lambda x: None), depth=2)
         assert threading.active_count() == before  # every stage stopped
+
+
+def test_a_failure_in_inference_still_writes_what_was_already_inferred():
+    """Item 1 waits in front of a slow encoder when inference fails on item 2: it is still written (a full disk in
+    one image's spill file must not lose the previous image), then the inference failure is raised; Ctrl-C is not
+    held up this way."""
+    written = []
+
+    def sink(x):
+        time.sleep(0.3 if x == 0 else 0)
+        written.append(x)
+
+    def work(x):
+        if x == 2:
+            raise OSError("no space left")
+        return x
+
+    with pytest.raises(OSError, match="no space left"):
+        run_pipeline(iter(range(5)), work, sink, depth=1)
+    assert written == [0, 1]

@@ -6,7 +6,8 @@ thread), so that reading the next item and writing the previous one overlap with
 * Inference runs in the caller's thread: the runtime keeps its own threads busy, and Ctrl-C (KeyboardInterrupt,
   delivered to the main thread only) stops the pipeline where it is.
 * Failure: the first exception in any stage (or KeyboardInterrupt) stops all three, the other threads are joined,
-  and it is raised to the caller; nothing keeps running in the background.
+  and it is raised to the caller; nothing keeps running in the background. A failure in inference first lets the
+  encoder write the results already handed to it (Ctrl-C does not wait for that).
 * Accounting: :class:`PipelineStats` says how long each stage was busy and how long inference waited for the
   decoder (input starved) or for the encoder (output blocked): where the time that is not inference goes.
 """
@@ -130,7 +131,13 @@ def run_pipeline(source: Iterable[T], work: Callable[[T], U], sink: Callable[[U]
         while threads[1].is_alive():  # joined in steps, so that Ctrl-C still reaches this thread
             threads[1].join(POLL_S)
     except BaseException as exc:
-        fail(exc)
+        if not isinstance(exc, KeyboardInterrupt) and not stop.is_set() and put(to_sink, _END):
+            # results inference already produced are still written (one image's failure, a full disk in its spill
+            # file, must not lose the previous image's finished output); Ctrl-C stops at once
+            while threads[1].is_alive() and not stop.is_set():
+                threads[1].join(POLL_S)
+        errors.insert(0, exc)  # the failure that stopped inference is the one raised
+        stop.set()
     finally:
         stop.set()
         for t in threads:

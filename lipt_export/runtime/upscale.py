@@ -208,10 +208,15 @@ def upscale_images(runner, pairs: Sequence[Tuple[Path, Path]], *, alpha_mode: st
 
     finished = [0]
 
-    def full(job: ImageJob, exc: OSError) -> DiskFullError:
-        return DiskFullError(f"disk full writing {job.dst} ({exc.strerror}): {finished[0]} of {len(pairs)} image(s) "
-                             f"were finished, nothing is half-written under {job.dst.name}; free space and rerun "
-                             f"with --skip-existing")
+    class _Full(Exception):
+        """A full disk, said once the pipeline has stopped: only then is the count of finished images final."""
+
+        def __init__(self, job: ImageJob, exc: OSError):
+            super().__init__(exc.strerror)
+            self.job, self.exc = job, exc
+
+    def full(job: ImageJob, exc: OSError) -> _Full:
+        return _Full(job, exc)
 
     def read(pair: Tuple[Path, Path]) -> ImageJob:
         try:
@@ -243,7 +248,12 @@ def upscale_images(runner, pairs: Sequence[Tuple[Path, Path]], *, alpha_mode: st
             finished[0] += 1
             done(job.src, job.dst)
 
-    return run_pipeline(map(read, pairs), work, write, depth=1)
+    try:
+        return run_pipeline(map(read, pairs), work, write, depth=1)
+    except _Full as f:
+        raise DiskFullError(f"disk full writing {f.job.dst} ({f.exc.strerror}): {finished[0]} of {len(pairs)} "
+                            f"image(s) were finished, nothing is half-written under {f.job.dst.name}; free space "
+                            f"and rerun with --skip-existing") from None
 
 
 def plan_outputs(input_path: Path, output_path: Path, fmt: Optional[str]
