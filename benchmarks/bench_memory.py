@@ -32,15 +32,21 @@ from lipt_export.report import format_table  # noqa: E402
 CLI = [sys.executable, "-m", "lipt_export.cli"]
 
 
-def run_child(args):
-    """(seconds, peak RSS MiB) of one command."""
+def run_timed(args):
+    """(wall seconds, CPU seconds (user + system, all threads), peak RSS MiB) of one command in its own process."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"command failed: {' '.join(map(str, args))}\n{out[-2000:]}")
-    return time.perf_counter() - t0, usage.ru_maxrss / 1024.0
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
+
+
+def run_child(args):
+    """(seconds, peak RSS MiB) of one command."""
+    seconds, _, rss = run_timed(args)
+    return seconds, rss
 
 
 def make_image(path: Path, w: int, h: int) -> None:

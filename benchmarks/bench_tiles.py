@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_memory import CLI, run_child  # noqa: E402
+from bench_memory import CLI, run_child, run_timed  # noqa: E402
 from lipt_export.report import format_table  # noqa: E402
+from lipt_export.validation.machine_load import parse_proc_stat  # noqa: E402
 
 # family -> (variant, tiles; 0 = whole image). ESRT must run tiled (quadratic attention: 8 N^2 bytes per tile of
 # N pixels: 2 GiB at 128x128), so its candidates are around its recommended 64.
@@ -37,22 +38,9 @@ PLANS = {"lipt": ("small", [128, 192, 256, 384, 512, 0]),
          "agileir": ("normal", [128, 192, 256, 512])}
 
 
-def run_timed(args):
-    """(wall seconds, CPU seconds (user + system, all threads), peak RSS MiB) of one command in its own process."""
-    import subprocess
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"command failed: {' '.join(map(str, args))}\n{out[-2000:]}")
-    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0
-
-
 def steal_jiffies() -> int:
     with open("/proc/stat") as f:
-        return int(f.readline().split()[8])
+        return parse_proc_stat(f.read())[1]
 
 
 def main() -> None:
